@@ -1,0 +1,62 @@
+"""The aiohttp application: routes in one table, shared state on the app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .. import metrics
+from ..config import Settings
+from ..store import Store
+from ..stream import Stream
+from . import events, health, tenants, usage
+from .auth import Directory
+from .errors import error_middleware
+
+MAX_BODY = 1024 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app["settings"] = settings
+    app["max_body"] = MAX_BODY
+    app.cleanup_ctx.append(_resources)
+    app.router.add_routes(
+        [
+            web.post("/v1/events", events.post_events),
+            web.post("/events", events.post_events),
+            web.get("/v1/usage/{tenant}", usage.get_usage),
+            web.get("/usage/{tenant}", usage.get_usage),
+            web.get("/v1/usage/{tenant}/series", usage.get_series),
+            web.post("/v1/tenants", tenants.create_tenant),
+            web.get("/v1/tenants", tenants.list_tenants),
+            web.get("/v1/tenants/{tenant}", tenants.get_tenant),
+            web.patch("/v1/tenants/{tenant}", tenants.patch_tenant),
+            web.get("/v1/tenants/{tenant}/keys", tenants.list_keys),
+            web.post("/v1/tenants/{tenant}/keys", tenants.create_key),
+            web.delete("/v1/tenants/{tenant}/keys/{key_id}", tenants.revoke_key),
+            web.get("/health", health.health),
+            web.get("/ready", health.ready),
+            web.get("/metrics", health.metrics_endpoint),
+            web.get("/openapi.json", health.openapi),
+        ]
+    )
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings: Settings = app["settings"]
+    store = await Store.connect(settings.database_url, size=settings.db_pool_size)
+    stream = Stream.from_url(
+        settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
+    )
+    app["store"] = store
+    app["stream"] = stream
+    app["directory"] = Directory(store, settings.admin_token)
+    sampler = asyncio.create_task(metrics.sample_process_forever("api"))
+    yield
+    sampler.cancel()
+    await stream.close()
+    await store.close()

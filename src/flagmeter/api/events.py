@@ -1,0 +1,95 @@
+"""POST /v1/events: judge each event alone, append the valid ones to the stream, answer 202."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .. import metrics
+from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
+from ..stream import RateLimited, StreamUnavailable
+from .errors import ApiError, json_response, read_json
+
+SINGLE_STATUS = {"unknown_tenant": 404, "forbidden": 403}
+
+
+async def post_events(request: web.Request) -> web.Response:
+    app = request.app
+    principal = await app["directory"].principal(request)
+    body = await read_json(request)
+    if isinstance(body, dict):
+        items: list[Any] = [body]
+    elif isinstance(body, list):
+        if not body:
+            raise ApiError(422, "empty_batch", "the array holds no events")
+        if len(body) > MAX_BATCH:
+            raise ApiError(413, "batch_too_large", f"at most {MAX_BATCH} events per request")
+        items = body
+    else:
+        raise ApiError(400, "invalid_body", "body must be an event object or an array of events")
+
+    existing = await _existing_tenants(app, items, principal.tenant)
+    now_ms = int(time.time() * 1000)
+    accepted = []
+    rejected = []
+    for index, raw in enumerate(items):
+        try:
+            accepted.append(
+                normalise(
+                    raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
+                )
+            )
+        except Rejection as rejection:
+            metrics.events_rejected.labels(rejection.code).inc()
+            rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
+
+    if not accepted:
+        if isinstance(body, dict):
+            code, message = rejected[0]["error"]["code"], rejected[0]["error"]["message"]
+            raise ApiError(SINGLE_STATUS.get(code, 422), code, message)
+        raise ApiError(
+            422, "no_valid_events", "no event in the batch is valid", details={"rejected": rejected}
+        )
+
+    try:
+        await app["stream"].append(
+            accepted, tenant=principal.tenant, rate=app["settings"].rate_limit, now_ms=now_ms
+        )
+    except RateLimited as limited:
+        metrics.rate_limited.inc()
+        seconds = max(1, -(-limited.retry_after_ms // 1000))
+        raise ApiError(
+            429,
+            "rate_limited",
+            "tenant request rate limit exceeded; retry with the same ids",
+            {"Retry-After": str(seconds)},
+        ) from None
+    except StreamUnavailable:
+        raise ApiError(
+            503, "unavailable", "event stream unavailable; retry with the same ids", {"Retry-After": "1"}
+        ) from None
+    metrics.events_accepted.inc(len(accepted))
+    return json_response(
+        {"accepted": len(accepted), "ids": [event.id for event in accepted], "rejected": rejected}, 202
+    )
+
+
+async def _existing_tenants(app: web.Application, items: list[Any], key_tenant: str | None) -> set[str]:
+    """Tenants named in the batch that exist (a tenant key can only name its own, which exists)."""
+    if key_tenant is not None:
+        return {key_tenant}
+    names = {
+        item["tenant"]
+        for item in items
+        if isinstance(item, dict)
+        and isinstance(item.get("tenant"), str)
+        and TENANT_ID.fullmatch(item["tenant"])
+    }
+    directory = app["directory"]
+    found = set()
+    for name in names:
+        if await directory.tenant(name) is not None:
+            found.add(name)
+    return found

@@ -1,0 +1,158 @@
+"""Admin endpoints for tenants and their API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..events import TENANT_ID
+from ..store import ApiKey, Conflict, Tenant
+from .auth import new_key, require_admin
+from .errors import ApiError, json_response, read_json
+from .usage import rfc3339
+
+MAX_QUOTA = 10**15
+CREATE_FIELDS = {"id", "name", "monthly_quota", "billing_day", "slack_webhook_url"}
+PATCH_FIELDS = {"name", "monthly_quota", "billing_day", "slack_webhook_url"}
+
+
+def tenant_json(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "monthly_quota": tenant.monthly_quota,
+        "billing_day": tenant.billing_day,
+        "slack_webhook_url": tenant.slack_webhook_url,
+        "created_at": rfc3339(tenant.created_at),
+    }
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "created_at": rfc3339(key.created_at),
+        "revoked_at": rfc3339(key.revoked_at) if key.revoked_at else None,
+    }
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_tenant", message)
+
+
+def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _invalid(f"unknown field(s): {', '.join(unknown)}")
+
+
+def _validated(body: dict[str, Any], *, allow_http: bool) -> dict[str, Any]:
+    """Check every field present; returns them unchanged."""
+    if "name" in body and (not isinstance(body["name"], str) or not 1 <= len(body["name"].strip()) <= 200):
+        raise _invalid("name must be a string of 1-200 characters")
+    quota = body.get("monthly_quota", 0)
+    if type(quota) is not int or not 0 <= quota <= MAX_QUOTA:
+        raise _invalid(f"monthly_quota must be an integer from 0 to {MAX_QUOTA}")
+    day = body.get("billing_day", 1)
+    if type(day) is not int or not 1 <= day <= 31:
+        raise _invalid("billing_day must be an integer from 1 to 31")
+    url = body.get("slack_webhook_url")
+    if url is not None:
+        schemes = {"https", "http"} if allow_http else {"https"}
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in schemes or not parts.hostname or len(url) > 2000:
+            raise _invalid("slack_webhook_url must be an https:// URL")
+    return body
+
+
+async def _admin_body(request: web.Request) -> dict[str, Any]:
+    require_admin(await request.app["directory"].principal(request))
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "body must be a JSON object")
+    return body
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    _check_fields(body, CREATE_FIELDS)
+    for field in ("id", "name", "monthly_quota"):
+        if field not in body:
+            raise _invalid(f"{field} is required")
+    if not isinstance(body["id"], str) or not TENANT_ID.fullmatch(body["id"]):
+        raise _invalid("id must be a slug [a-z0-9][a-z0-9-]{0,62}")
+    _validated(body, allow_http=request.app["settings"].allow_http_webhooks)
+    key_id, key, key_hash = new_key()
+    draft = Tenant(
+        body["id"],
+        body["name"].strip(),
+        body["monthly_quota"],
+        body.get("billing_day", 1),
+        None,  # type: ignore[arg-type]
+        body.get("slack_webhook_url"),
+    )
+    try:
+        tenant = await request.app["store"].create_tenant(draft, key_id, key_hash)
+    except Conflict:
+        raise ApiError(409, "tenant_exists", f"tenant {draft.id!r} already exists") from None
+    request.app["directory"].forget_tenant(tenant.id)
+    return json_response({"tenant": tenant_json(tenant), "key_id": key_id, "api_key": key}, 201)
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    require_admin(await request.app["directory"].principal(request))
+    tenants = await request.app["store"].list_tenants()
+    return json_response({"tenants": [tenant_json(t) for t in tenants]})
+
+
+async def _known_tenant(request: web.Request) -> Tenant:
+    tenant = await request.app["store"].get_tenant(request.match_info["tenant"])
+    if tenant is None:
+        raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
+    return tenant
+
+
+async def get_tenant(request: web.Request) -> web.Response:
+    require_admin(await request.app["directory"].principal(request))
+    return json_response(tenant_json(await _known_tenant(request)))
+
+
+async def patch_tenant(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    _check_fields(body, PATCH_FIELDS)
+    if not body:
+        raise _invalid("nothing to change")
+    _validated(body, allow_http=request.app["settings"].allow_http_webhooks)
+    if "name" in body:
+        body["name"] = body["name"].strip()
+    tenant = await request.app["store"].update_tenant(request.match_info["tenant"], body)
+    if tenant is None:
+        raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
+    request.app["directory"].forget_tenant(tenant.id)
+    return json_response(tenant_json(tenant))
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    require_admin(await request.app["directory"].principal(request))
+    tenant = await _known_tenant(request)
+    keys = await request.app["store"].list_keys(tenant.id)
+    return json_response({"keys": [key_json(k) for k in keys]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    require_admin(await request.app["directory"].principal(request))
+    tenant = await _known_tenant(request)
+    key_id, key, key_hash = new_key()
+    created = await request.app["store"].create_key(tenant.id, key_id, key_hash)
+    return json_response({"id": created.id, "api_key": key, "created_at": rfc3339(created.created_at)}, 201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    require_admin(await request.app["directory"].principal(request))
+    tenant = await _known_tenant(request)
+    revoked = await request.app["store"].revoke_key(tenant.id, request.match_info["key_id"])
+    if revoked is None:
+        raise ApiError(404, "unknown_key", "no such key for this tenant")
+    request.app["directory"].forget_keys()
+    return json_response(key_json(revoked))

@@ -1,0 +1,344 @@
+"""`flagmeter api|worker|migrate|seed|tenant|dev|prune`.
+
+prometheus_client is imported only inside commands: the `api` command must set
+PROMETHEUS_MULTIPROC_DIR before any process imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .config import ConfigError, Settings
+
+log = logging.getLogger("flagmeter")
+
+DEMO_TENANTS = (
+    ("acme", "Acme Corp", 1_000_000, 1),
+    ("globex", "Globex", 500_000, 15),
+    ("initech", "Initech", 250_000, 31),
+)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        settings = Settings.from_env(dev=getattr(args, "dev", False))
+    except ConfigError as error:
+        print(f"flagmeter: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(settings.log_level)
+    return settings
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
+# -- api ------------------------------------------------------------------------------------
+
+
+async def _serve_api(settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from .api import create_app
+
+    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", settings.port, reuse_port=reuse_port, backlog=4096)
+    await site.start()
+    log.info("api listening", extra={"port": settings.port, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    processes = args.processes or settings.api_processes
+    if processes == 1:
+        _run(_serve_api(settings, reuse_port=False))
+        return 0
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
+    return _supervise(processes, lambda: _run(_serve_api(settings, reuse_port=True)))
+
+
+def _supervise(processes: int, serve: Callable[[], None]) -> int:
+    """Fork `processes` children sharing the port (SO_REUSEPORT); restart any that dies."""
+    from prometheus_client import multiprocess
+
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                serve()
+            except BaseException:
+                log.exception("api process failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(processes):
+        spawn()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        multiprocess.mark_process_dead(pid)
+        if not stopping:
+            log.error("api process died; restarting", extra={"pid": pid, "status": status})
+            spawn()
+    return 0
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+async def _worker(settings: Settings, concurrency: int) -> None:
+    from aiohttp import web
+
+    from .api.errors import json_response
+    from .metrics import render
+    from .store import Store
+    from .stream import Stream
+    from .worker import Worker
+
+    store = await Store.connect(settings.database_url, size=max(4, concurrency + 2))
+    stream = Stream.from_url(
+        settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
+    )
+    worker = Worker(settings, store, stream, concurrency=concurrency)
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def health(_: web.Request) -> web.Response:
+        return json_response({"status": "stopping" if worker.stopping else "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        down = []
+        for name, check in (("postgres", store.ping), ("redis", stream.ping)):
+            try:
+                await asyncio.wait_for(check(), 3)
+            except Exception:
+                down.append(name)
+        if down:
+            return json_response({"status": "unavailable", "unreachable": down}, 503)
+        return json_response({"status": "ready"})
+
+    runner = None
+    if settings.worker_metrics_port:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics_page)
+        app.router.add_get("/health", health)
+        app.router.add_get("/ready", ready)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", settings.worker_metrics_port).start()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await stream.close()
+        await store.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _run(_worker(settings, args.concurrency))
+    return 0
+
+
+# -- migrate, seed, tenants -----------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store import migrate
+
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("flagmeter: missing required environment: DATABASE_URL", file=sys.stderr)
+        return 2
+    logs.setup(os.environ.get("FLAGMETER_LOG_LEVEL", "INFO"))
+    applied = _run(migrate(database_url))
+    log.info("migrations done", extra={"applied": applied})
+    return 0
+
+
+async def _with_store(fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .store import Store
+
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        raise SystemExit("flagmeter: missing required environment: DATABASE_URL")
+    store = await Store.connect(database_url, size=2)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+async def seed(store: Any) -> list[tuple[str, str]]:
+    """Ensure the demo tenants; give each a fresh demo key (older demo keys are revoked)."""
+    from .api.auth import new_key
+    from .store import Conflict, Tenant
+
+    keys = []
+    for tenant_id, name, quota, day in DEMO_TENANTS:
+        key_id, key, key_hash = new_key()
+        try:
+            await store.create_tenant(Tenant(tenant_id, name, quota, day, None), key_id, key_hash, "demo")  # type: ignore[arg-type]
+        except Conflict:
+            await store.revoke_keys_labelled(tenant_id, "demo")
+            await store.create_key(tenant_id, key_id, key_hash, "demo")
+        keys.append((tenant_id, key))
+    return keys
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    for tenant_id, key in _run(_with_store(seed)):
+        print(f"{tenant_id}\t{key}")
+    return 0
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from .api.auth import new_key
+    from .store import Conflict, Tenant
+
+    async def act(store: Any) -> int:
+        if args.action == "create":
+            key_id, key, key_hash = new_key()
+            try:
+                await store.create_tenant(
+                    Tenant(args.id, args.name or args.id, args.quota, args.billing_day, None),  # type: ignore[arg-type]
+                    key_id,
+                    key_hash,
+                )
+            except Conflict as error:
+                print(f"flagmeter: {error}", file=sys.stderr)
+                return 1
+            print(f"created {args.id}; key {key_id}: {key}")
+        elif args.action == "list":
+            for t in await store.list_tenants():
+                print(f"{t.id}\t{t.name}\tquota={t.monthly_quota}\tbilling_day={t.billing_day}")
+        elif args.action == "key":
+            if await store.get_tenant(args.id) is None:
+                print(f"flagmeter: unknown tenant {args.id!r}", file=sys.stderr)
+                return 1
+            key_id, key, key_hash = new_key()
+            await store.create_key(args.id, key_id, key_hash)
+            print(f"key {key_id}: {key}")
+        return 0
+
+    if args.action == "create" and not (args.id and args.quota is not None):
+        print("flagmeter: tenant create needs --id and --quota", file=sys.stderr)
+        return 2
+    result: int = _run(_with_store(act))
+    return result
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    async def act(store: Any) -> tuple[int, list[str]]:
+        result: tuple[int, list[str]] = await store.prune(args.keep_days)
+        return result
+
+    ledger, dropped = _run(_with_store(act))
+    print(f"dropped partitions: {', '.join(dropped) or 'none'}; dedup rows pruned: {ledger}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .devrun import run_dev
+
+    return run_dev(Path(args.run_dir), args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flagmeter", description="Per-tenant AI-token metering.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="serve the HTTP API (several processes sharing the port)")
+    api.add_argument(
+        "--processes", type=int, default=0, help="processes (default FLAGMETER_API_PROCESSES or CPUs)"
+    )
+    api.add_argument("--dev", action="store_true", help="allow a missing FLAGMETER_ADMIN_TOKEN")
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="count events from the stream into PostgreSQL")
+    worker.add_argument("--concurrency", type=int, default=2, help="batches in flight (default 2)")
+    worker.add_argument("--dev", action="store_true", help="allow a missing FLAGMETER_ADMIN_TOKEN")
+    worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("seed", help="create the demo tenants and print fresh demo keys").set_defaults(
+        func=cmd_seed
+    )
+
+    tenant = sub.add_parser("tenant", help="manage tenants: create | list | key")
+    tenant.add_argument("action", choices=["create", "list", "key"])
+    tenant.add_argument("--id", help="tenant id (slug)")
+    tenant.add_argument("--name", help="display name")
+    tenant.add_argument("--quota", type=int, help="monthly token quota")
+    tenant.add_argument("--billing-day", type=int, default=1, choices=range(1, 32), metavar="1..31")
+    tenant.set_defaults(func=cmd_tenant)
+
+    prune = sub.add_parser("prune", help="drop old event partitions and dedup rows")
+    prune.add_argument("--keep-days", type=int, default=400)
+    prune.set_defaults(func=cmd_prune)
+
+    dev = sub.add_parser("dev", help="run everything locally (what `make run` does)")
+    dev.add_argument("--run-dir", default=".run")
+    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Settings from the environment, validated once into one typed object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the process must not start."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    return env.get(name, "").lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    admin_token: str
+    port: int = 8080
+    api_processes: int = 1
+    worker_metrics_port: int = 9091
+    rate_limit: int = 10000
+    log_level: str = "INFO"
+    public_url: str = "http://localhost:8080"
+    stream: str = "flagmeter:events"
+    dead_letter_stream: str = "flagmeter:events:dead"
+    consumer_group: str = "flagmeter-workers"
+    batch_size: int = 1000
+    claim_idle_ms: int = 30000
+    max_deliveries: int = 5
+    db_pool_size: int = 10
+    slack_webhook_url: str = ""
+    allow_http_webhooks: bool = False
+    allow_private_webhooks: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, *, dev: bool = False) -> Settings:
+        env = dict(os.environ if env is None else env)
+        missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not env.get(name)]
+        if missing:
+            raise ConfigError(f"missing required environment: {', '.join(missing)}")
+        admin_token = env.get("FLAGMETER_ADMIN_TOKEN", "")
+        if not admin_token:
+            if not dev:
+                raise ConfigError("FLAGMETER_ADMIN_TOKEN is required (or run with --dev)")
+            admin_token = "dev-admin-token"
+        elif len(admin_token) < 16 and not dev:
+            raise ConfigError("FLAGMETER_ADMIN_TOKEN must be at least 16 characters")
+        port = _int(env, "PORT", 8080, 1)
+        return cls(
+            database_url=env["DATABASE_URL"],
+            redis_url=env["REDIS_URL"],
+            admin_token=admin_token,
+            port=port,
+            api_processes=_int(env, "FLAGMETER_API_PROCESSES", os.cpu_count() or 1, 1),
+            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", 9091, 0),
+            rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),
+            log_level=env.get("FLAGMETER_LOG_LEVEL", "INFO").upper(),
+            public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
+            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", 1000, 1),
+            claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", 30000, 100),
+            max_deliveries=_int(env, "FLAGMETER_MAX_DELIVERIES", 5, 1),
+            db_pool_size=_int(env, "FLAGMETER_DB_POOL_SIZE", 10, 1),
+            slack_webhook_url=env.get("FLAGMETER_SLACK_WEBHOOK_URL", ""),
+            allow_http_webhooks=_flag(env, "FLAGMETER_ALLOW_HTTP_WEBHOOKS"),
+            allow_private_webhooks=_flag(env, "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS"),
+        )

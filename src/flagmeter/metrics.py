@@ -1,0 +1,126 @@
+"""Every Prometheus metric, defined in one place.
+
+The API runs several processes: when PROMETHEUS_MULTIPROC_DIR is set (the `api` command sets
+it before any process imports this module) values live in shared files and `/metrics` of any
+process reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+http_request_duration = Histogram(
+    "flagmeter_http_request_duration_seconds",
+    "HTTP request duration by route template, method and status",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+events_accepted = Counter("flagmeter_events_accepted_total", "Events accepted into the stream")
+events_rejected = Counter("flagmeter_events_rejected_total", "Events rejected, by reason", ["reason"])
+rate_limited = Counter("flagmeter_rate_limited_total", "Requests refused by the per-tenant rate limit")
+
+stream_length = Gauge(
+    "flagmeter_stream_length", "Entries in the event stream not yet counted", multiprocess_mode="max"
+)
+stream_pending = Gauge(
+    "flagmeter_stream_pending", "Entries delivered to a worker and not yet acked", multiprocess_mode="max"
+)
+consumer_lag = Gauge(
+    "flagmeter_consumer_lag_seconds", "Age of the oldest entry not yet counted", multiprocess_mode="max"
+)
+dead_letter_length = Gauge(
+    "flagmeter_dead_letter_length", "Entries in the dead-letter stream", multiprocess_mode="max"
+)
+worker_batch_size = Histogram(
+    "flagmeter_worker_batch_size",
+    "Entries per worker batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+)
+worker_batch_duration = Histogram(
+    "flagmeter_worker_batch_duration_seconds",
+    "Time to count one batch (transaction and ack)",
+    buckets=LATENCY_BUCKETS,
+)
+worker_events_counted = Counter("flagmeter_worker_events_counted_total", "Events counted (new ids)")
+worker_events_duplicate = Counter(
+    "flagmeter_worker_events_duplicate_total", "Events skipped because their id was already counted"
+)
+worker_busy = Gauge(
+    "flagmeter_worker_busy", "1 while a worker is counting a batch", multiprocess_mode="livesum"
+)
+dead_letter_total = Counter(
+    "flagmeter_dead_letter_total", "Entries moved to the dead-letter stream", ["reason"]
+)
+rollup_lag = Gauge(
+    "flagmeter_rollup_lag_seconds",
+    "Time from the API accepting the oldest event of the last batch to its commit",
+    multiprocess_mode="max",
+)
+tenant_tokens = Counter("flagmeter_tenant_tokens_total", "Tokens counted per tenant", ["tenant"])
+tenant_quota_used_ratio = Gauge(
+    "flagmeter_tenant_quota_used_ratio",
+    "Used / quota in the tenant's current period (1.0 = 100 %)",
+    ["tenant"],
+    multiprocess_mode="max",
+)
+db_pool_size = Gauge(
+    "flagmeter_db_pool_size", "Open PostgreSQL connections", ["role"], multiprocess_mode="livesum"
+)
+process_memory = Gauge(
+    "flagmeter_process_resident_memory_bytes", "Resident memory", ["role"], multiprocess_mode="livesum"
+)
+process_cpu = Gauge(
+    "flagmeter_process_cpu_seconds_total", "CPU time used", ["role"], multiprocess_mode="livesum"
+)
+alerts_fired = Counter("flagmeter_alerts_fired_total", "Quota alerts decided", ["threshold"])
+alert_deliveries = Counter(
+    "flagmeter_alert_deliveries_total", "Alert delivery attempts by target and outcome", ["target", "outcome"]
+)
+alert_outbox_backlog = Gauge(
+    "flagmeter_alert_outbox_backlog", "Alert deliveries not yet finished", multiprocess_mode="max"
+)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def sample_process(role: str) -> None:
+    process_memory.labels(role).set(_rss_bytes())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    process_cpu.labels(role).set(usage.ru_utime + usage.ru_stime)
+
+
+async def sample_process_forever(role: str, every: float = 5.0) -> None:
+    while True:
+        sample_process(role)
+        await asyncio.sleep(every)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: the sum over processes in multiprocess mode, else this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,439 @@
+"""Every SQL statement and every PostgreSQL driver call lives here (aiopg + psycopg2).
+
+Handlers and the worker get plain values back; swapping the driver touches only this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from .events import Event
+from .periods import period_containing
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x466C61674D6574  # "FlagMet": one advisory lock id for all migrators
+TENANT_COLUMNS = "t.id, t.name, t.monthly_quota, t.billing_day, t.created_at, w.url"
+TENANT_FROM = "tenants t LEFT JOIN slack_webhooks w ON w.tenant_id = t.id"
+WINDOWS = {"minute", "hour", "day"}
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL cannot be reached right now; the caller should back off and retry."""
+
+
+class Conflict(Exception):
+    """A row with that identity already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    monthly_quota: int
+    billing_day: int
+    created_at: datetime
+    slack_webhook_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    tenant_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch changed: counted (new) events and tokens per tenant."""
+
+    counted: int
+    duplicates: int
+    tokens_by_tenant: dict[str, int]
+    unknown_tenants: frozenset[str]
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return Tenant(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, psycopg2.extensions.TransactionRollbackError):
+        return False  # deadlock / serialization: retry at once, PostgreSQL itself is fine
+    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | OSError | TimeoutError)
+
+
+def _ms(moment_ms: int) -> datetime:
+    return datetime.fromtimestamp(moment_ms / 1000, UTC)
+
+
+class Store:
+    def __init__(self, pool: aiopg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, size: int = 10, timeout: float = 10.0) -> Store:
+        try:
+            pool = await aiopg.create_pool(dsn, minsize=0, maxsize=size, timeout=timeout)
+        except Exception as error:
+            if _is_unavailable(error):
+                raise StoreUnavailable(str(error)) from error
+            raise
+        return cls(pool)
+
+    async def close(self) -> None:
+        self._pool.close()
+        await self._pool.wait_closed()
+
+    @property
+    def pool_size(self) -> int:
+        return int(self._pool.size)
+
+    @asynccontextmanager
+    async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                if transaction:
+                    async with cur.begin():
+                        yield cur
+                else:
+                    yield cur
+        except (psycopg2.Error, OSError, TimeoutError) as error:
+            if _is_unavailable(error):
+                raise StoreUnavailable(str(error).strip() or type(error).__name__) from error
+            raise
+
+    async def _all(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async with self._cursor() as cur:
+            await cur.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def ping(self) -> None:
+        await self._all("SELECT 1")
+
+    # -- tenants and keys ---------------------------------------------------------------
+
+    async def create_tenant(self, tenant: Tenant, key_id: str, key_hash: str, label: str = "") -> Tenant:
+        async with self._cursor(transaction=True) as cur:
+            try:
+                await cur.execute(
+                    "INSERT INTO tenants (id, name, monthly_quota, billing_day) VALUES (%s, %s, %s, %s)"
+                    " RETURNING created_at",
+                    (tenant.id, tenant.name, tenant.monthly_quota, tenant.billing_day),
+                )
+            except psycopg2.errors.UniqueViolation:
+                raise Conflict(f"tenant {tenant.id!r} already exists") from None
+            (created_at,) = await cur.fetchone()
+            if tenant.slack_webhook_url:
+                await cur.execute(
+                    "INSERT INTO slack_webhooks (tenant_id, url) VALUES (%s, %s)",
+                    (tenant.id, tenant.slack_webhook_url),
+                )
+            await cur.execute(
+                "INSERT INTO api_keys (id, tenant_id, key_hash, label) VALUES (%s, %s, %s, %s)",
+                (key_id, tenant.id, key_hash, label),
+            )
+        return Tenant(
+            tenant.id,
+            tenant.name,
+            tenant.monthly_quota,
+            tenant.billing_day,
+            created_at,
+            tenant.slack_webhook_url,
+        )
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._all(f"SELECT {TENANT_COLUMNS} FROM {TENANT_FROM} ORDER BY t.id")
+        return [_tenant(row) for row in rows]
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        rows = await self._all(f"SELECT {TENANT_COLUMNS} FROM {TENANT_FROM} WHERE t.id = %s", (tenant_id,))
+        return _tenant(rows[0]) if rows else None
+
+    async def update_tenant(self, tenant_id: str, changes: dict[str, Any]) -> Tenant | None:
+        """Apply validated changes; a new billing day regroups the period totals from the rollups."""
+        columns = {k: v for k, v in changes.items() if k in {"name", "monthly_quota", "billing_day"}}
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute("SELECT billing_day FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            if columns:
+                assignments = ", ".join(f"{name} = %s" for name in columns)
+                await cur.execute(
+                    f"UPDATE tenants SET {assignments}, updated_at = now() WHERE id = %s",
+                    (*columns.values(), tenant_id),
+                )
+            if "slack_webhook_url" in changes:
+                url = changes["slack_webhook_url"]
+                if url:
+                    await cur.execute(
+                        "INSERT INTO slack_webhooks (tenant_id, url) VALUES (%s, %s) ON CONFLICT (tenant_id)"
+                        " DO UPDATE SET url = excluded.url, enabled = true",
+                        (tenant_id, url),
+                    )
+                else:
+                    await cur.execute("DELETE FROM slack_webhooks WHERE tenant_id = %s", (tenant_id,))
+            new_day = columns.get("billing_day")
+            if new_day is not None and new_day != row[0]:
+                await self._regroup_period_totals(cur, tenant_id, new_day)
+            await cur.execute(f"SELECT {TENANT_COLUMNS} FROM {TENANT_FROM} WHERE t.id = %s", (tenant_id,))
+            return _tenant(await cur.fetchone())
+
+    async def _regroup_period_totals(self, cur: Any, tenant_id: str, billing_day: int) -> None:
+        await cur.execute(
+            "SELECT feature, date_trunc('day', minute), sum(tokens), sum(events) FROM rollups"
+            " WHERE tenant_id = %s GROUP BY 1, 2",
+            (tenant_id,),
+        )
+        totals: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
+        for feature, day, tokens, events in await cur.fetchall():
+            total = totals[(period_containing(day, billing_day).start, feature)]
+            total[0] += int(tokens)
+            total[1] += int(events)
+        await cur.execute("DELETE FROM period_totals WHERE tenant_id = %s", (tenant_id,))
+        if totals:
+            keys = list(totals)
+            await cur.execute(
+                "INSERT INTO period_totals (tenant_id, period_start, feature, tokens, events)"
+                " SELECT %s, * FROM unnest(%s::timestamptz[], %s::text[], %s::bigint[], %s::bigint[])",
+                (
+                    tenant_id,
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [totals[k][0] for k in keys],
+                    [totals[k][1] for k in keys],
+                ),
+            )
+
+    async def create_key(self, tenant_id: str, key_id: str, key_hash: str, label: str = "") -> ApiKey:
+        rows = await self._all(
+            "INSERT INTO api_keys (id, tenant_id, key_hash, label) VALUES (%s, %s, %s, %s)"
+            " RETURNING id, tenant_id, created_at, revoked_at, label",
+            (key_id, tenant_id, key_hash, label),
+        )
+        return ApiKey(*rows[0])
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        rows = await self._all(
+            "SELECT id, tenant_id, created_at, revoked_at, label FROM api_keys WHERE tenant_id = %s"
+            " ORDER BY created_at, id",
+            (tenant_id,),
+        )
+        return [ApiKey(*row) for row in rows]
+
+    async def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey | None:
+        rows = await self._all(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = %s AND id = %s"
+            " RETURNING id, tenant_id, created_at, revoked_at, label",
+            (tenant_id, key_id),
+        )
+        return ApiKey(*rows[0]) if rows else None
+
+    async def revoke_keys_labelled(self, tenant_id: str, label: str) -> None:
+        await self._all(
+            "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = %s AND label = %s"
+            " AND revoked_at IS NULL RETURNING id",
+            (tenant_id, label),
+        )
+
+    async def tenant_for_key(self, key_hash: str) -> str | None:
+        rows = await self._all(
+            "SELECT tenant_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def tenant_ids(self) -> set[str]:
+        return {row[0] for row in await self._all("SELECT id FROM tenants")}
+
+    # -- usage --------------------------------------------------------------------------
+
+    async def period_usage(self, tenant_id: str, period_start: datetime) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT feature, tokens FROM period_totals WHERE tenant_id = %s AND period_start = %s",
+            (tenant_id, period_start),
+        )
+        return {feature: int(tokens) for feature, tokens in rows}
+
+    async def series(
+        self, tenant_id: str, start: datetime, end: datetime, window: str, feature: str | None
+    ) -> list[tuple[datetime, int, int]]:
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {sorted(WINDOWS)}")
+        sql = (
+            "SELECT date_trunc(%s, minute AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,"
+            " sum(tokens), sum(events) FROM rollups"
+            " WHERE tenant_id = %s AND minute >= %s AND minute < %s"
+        )
+        params: list[Any] = [window, tenant_id, start, end]
+        if feature is not None:
+            sql += " AND feature = %s"
+            params.append(feature)
+        rows = await self._all(sql + " GROUP BY bucket ORDER BY bucket", params)
+        return [(bucket, int(tokens), int(events)) for bucket, tokens, events in rows]
+
+    async def tokens_since(self, since: datetime) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT tenant_id, sum(tokens) FROM rollups WHERE minute >= %s GROUP BY tenant_id", (since,)
+        )
+        return {tenant: int(tokens) for tenant, tokens in rows}
+
+    # -- the worker's batch -------------------------------------------------------------
+
+    async def write_batch(self, events: Sequence[Event]) -> BatchResult:
+        """Count a batch exactly once, in ONE transaction.
+
+        The dedup ledger insert decides which events are new; only those reach `events`,
+        the rollups and the period totals. A concurrent worker holding the same event id
+        blocks on the ledger row and then skips it.
+        """
+        tenant_ids = sorted({event.tenant for event in events})
+        async with self._cursor(transaction=True) as cur:
+            # KEY SHARE keeps a billing-day change (FOR UPDATE) from interleaving with this batch.
+            await cur.execute(
+                "SELECT id, billing_day FROM tenants WHERE id = ANY(%s) FOR KEY SHARE", (tenant_ids,)
+            )
+            billing_days = dict(await cur.fetchall())
+            known = [event for event in events if event.tenant in billing_days]
+            unknown = frozenset(set(tenant_ids) - set(billing_days))
+            if not known:
+                return BatchResult(0, 0, {}, unknown)
+            period_ms = _period_starts(known, billing_days)
+            await cur.execute(
+                WRITE_BATCH_SQL,
+                (
+                    [e.tenant for e in known],
+                    [e.id for e in known],
+                    [e.feature for e in known],
+                    [e.tokens for e in known],
+                    [e.occurred_ms for e in known],
+                    [e.received_ms for e in known],
+                    period_ms,
+                ),
+            )
+            rows = await cur.fetchall()
+        tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
+        counted = sum(int(n) for _, n, _ in rows)
+        return BatchResult(counted, len(known) - counted, tokens_by_tenant, unknown)
+
+    async def ensure_partitions(self) -> None:
+        await self._all("SELECT flagmeter_ensure_event_partitions(2, 3)")
+
+    async def prune(self, keep_days: int) -> tuple[int, list[str]]:
+        """Drop month partitions wholly older than `keep_days` and ledger rows past 40 days."""
+        dropped: list[str] = []
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'"
+            )
+            cutoff = datetime.now(UTC).timestamp() - keep_days * 86400
+            for (name,) in await cur.fetchall():
+                year, month = int(name[7:11]), int(name[12:14])
+                end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+                if end.timestamp() < cutoff:
+                    await cur.execute(f'DROP TABLE "{name}"')
+                    dropped.append(name)
+            await cur.execute("DELETE FROM event_ids WHERE received_at < now() - interval '40 days'")
+            return int(cur.rowcount), dropped
+
+
+def _period_starts(events: Iterable[Event], billing_days: dict[str, int]) -> list[int]:
+    """Period start (epoch ms) per event; memoised per (billing day, UTC day)."""
+    memo: dict[tuple[int, int], int] = {}
+    starts = []
+    for event in events:
+        day = billing_days[event.tenant]
+        key = (day, event.occurred_ms // 86_400_000)
+        start = memo.get(key)
+        if start is None:
+            start = int(period_containing(_ms(event.occurred_ms), day).start.timestamp() * 1000)
+            memo[key] = start
+        starts.append(start)
+    return starts
+
+
+WRITE_BATCH_SQL = """
+WITH input AS (
+    SELECT DISTINCT ON (tenant_id, event_id)
+           tenant_id, event_id, feature, tokens,
+           to_timestamp(occurred_ms / 1000.0) AS occurred_at,
+           to_timestamp(received_ms / 1000.0) AS received_at,
+           to_timestamp(period_ms / 1000.0) AS period_start
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+         WITH ORDINALITY AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms, n)
+    ORDER BY tenant_id, event_id, n
+), fresh AS (
+    INSERT INTO event_ids (tenant_id, event_id, received_at)
+    SELECT tenant_id, event_id, received_at FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, event_id
+), counted AS (
+    SELECT input.* FROM input JOIN fresh USING (tenant_id, event_id)
+), stored AS (
+    INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
+    SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM counted
+), rolled AS (
+    INSERT INTO rollups AS r (tenant_id, feature, minute, tokens, events)
+    SELECT tenant_id, feature, date_trunc('minute', occurred_at), sum(tokens), count(*)
+    FROM counted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, feature, minute)
+    DO UPDATE SET tokens = r.tokens + excluded.tokens, events = r.events + excluded.events
+), totalled AS (
+    INSERT INTO period_totals AS p (tenant_id, period_start, feature, tokens, events)
+    SELECT tenant_id, period_start, feature, sum(tokens), count(*)
+    FROM counted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, period_start, feature)
+    DO UPDATE SET tokens = p.tokens + excluded.tokens, events = p.events + excluded.events
+)
+SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenant_id
+"""
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("flagmeter") / "migrations"
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction, under one advisory lock."""
+    applied_now: list[str] = []
+    async with aiopg.connect(dsn, timeout=30) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            await cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await cur.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in await cur.fetchall()}
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                async with cur.begin():
+                    await cur.execute(sql)
+                    await cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                applied_now.append(version)
+                log.info("migration applied", extra={"version": version})
+            await cur.execute("SELECT flagmeter_ensure_event_partitions(2, 3)")
+        finally:
+            await cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_now

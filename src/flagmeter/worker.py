@@ -1,0 +1,178 @@
+"""The worker: read a batch from the stream, count it in one transaction, then ack.
+
+Lifecycle: `start()` prepares the consumer group and partitions, `run()` loops until `stop()`
+(SIGTERM), finishing the batch in hand. Acking only after commit, with dedup by event id in
+the same transaction, makes the effect exactly-once whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from . import metrics
+from .config import Settings
+from .store import BatchResult, Store, StoreUnavailable
+from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name
+
+log = logging.getLogger(__name__)
+
+AfterCommit = Callable[[BatchResult], Awaitable[None]]
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        stream: Stream,
+        *,
+        concurrency: int = 2,
+        after_commit: Sequence[AfterCommit] = (),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.stream = stream
+        self.concurrency = concurrency
+        self.after_commit = list(after_commit)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def start(self) -> None:
+        await self.stream.ensure_group()
+        try:
+            await self.store.ensure_partitions()
+        except StoreUnavailable as error:
+            log.warning("could not ensure event partitions yet", extra={"error": str(error)})
+
+    async def run(self) -> None:
+        await self.start()
+        housekeeping = asyncio.create_task(self._housekeeping())
+        try:
+            await asyncio.gather(*(self._consume(consumer_name()) for _ in range(self.concurrency)))
+        finally:
+            housekeeping.cancel()
+        log.info("worker stopped")
+
+    async def _consume(self, consumer: str) -> None:
+        log.info("consumer started", extra={"consumer": consumer})
+        next_reclaim = 0.0
+        while not self.stopping:
+            try:
+                entries: list[Entry] = []
+                if time.monotonic() >= next_reclaim:
+                    entries = await self.stream.reclaim(
+                        consumer, self.settings.claim_idle_ms, self.settings.batch_size
+                    )
+                    next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
+                if not entries:
+                    entries = await self.stream.read(consumer, self.settings.batch_size, block_ms=1000)
+                if entries:
+                    await self.count(entries)
+            except TRANSIENT_REDIS_ERRORS as error:
+                log.warning("redis unavailable; retrying", extra={"error": str(error)})
+                await self._sleep(1.0)
+
+    async def count(self, entries: Sequence[Entry]) -> None:
+        """Count one batch; ack only what is committed (or dead-lettered)."""
+        started = time.perf_counter()
+        metrics.worker_busy.inc()
+        try:
+            malformed = [e for e in entries if e.event is None]
+            exhausted = [
+                e for e in entries if e.event is not None and e.deliveries > self.settings.max_deliveries
+            ]
+            await self.stream.dead_letter_entries(malformed, "malformed")
+            await self.stream.dead_letter_entries(exhausted, "max_deliveries")
+            for reason, group in (("malformed", malformed), ("max_deliveries", exhausted)):
+                if group:
+                    metrics.dead_letter_total.labels(reason).inc(len(group))
+                    log.error("entries dead-lettered", extra={"reason": reason, "count": len(group)})
+            live = [
+                e for e in entries if e.event is not None and e.deliveries <= self.settings.max_deliveries
+            ]
+            if live:
+                await self._write(live)
+        finally:
+            metrics.worker_busy.dec()
+            metrics.worker_batch_size.observe(len(entries))
+            metrics.worker_batch_duration.observe(time.perf_counter() - started)
+
+    async def _write(self, entries: list[Entry]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                result = await self.store.write_batch([e.event for e in entries if e.event is not None])
+                break
+            except StoreUnavailable as error:
+                if self.stopping:
+                    log.warning("stopping with a batch uncounted; it stays pending for another worker")
+                    return
+                log.warning(
+                    "postgres unavailable; holding batch", extra={"error": str(error), "retry_in": delay}
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as error:
+                if len(entries) == 1:
+                    # Left pending: reclaimed after the idle timeout, dead-lettered after max deliveries.
+                    log.error("entry failed", extra={"entry": entries[0].id, "error": repr(error)})
+                    return
+                log.warning("batch failed; counting entry by entry", extra={"error": repr(error)})
+                for entry in entries:
+                    await self._write([entry])
+                return
+
+        unknown = [e for e in entries if e.event is not None and e.event.tenant in result.unknown_tenants]
+        if unknown:
+            await self.stream.dead_letter_entries(unknown, "unknown_tenant")
+            metrics.dead_letter_total.labels("unknown_tenant").inc(len(unknown))
+        unknown_ids = {e.id for e in unknown}
+        await self.stream.ack([e.id for e in entries if e.id not in unknown_ids])
+
+        metrics.worker_events_counted.inc(result.counted)
+        metrics.worker_events_duplicate.inc(result.duplicates)
+        for tenant, tokens in result.tokens_by_tenant.items():
+            metrics.tenant_tokens.labels(tenant).inc(tokens)
+        oldest = min(e.event.received_ms for e in entries if e.event is not None)
+        metrics.rollup_lag.set(max(time.time() - oldest / 1000, 0.0))
+        for hook in self.after_commit:
+            try:
+                await hook(result)
+            except Exception:
+                log.exception("after-commit hook failed")
+
+    async def _housekeeping(self) -> None:
+        last_partitions = time.monotonic()
+        while True:
+            try:
+                backlog = await self.stream.backlog()
+                metrics.stream_length.set(backlog.length)
+                metrics.stream_pending.set(backlog.pending)
+                metrics.dead_letter_length.set(backlog.dead_letters)
+                lag = 0.0 if backlog.oldest_ms is None else max(time.time() - backlog.oldest_ms / 1000, 0.0)
+                metrics.consumer_lag.set(lag)
+                metrics.db_pool_size.labels("worker").set(self.store.pool_size)
+                metrics.sample_process("worker")
+                if time.monotonic() - last_partitions > 3600:
+                    await self.store.ensure_partitions()
+                    last_partitions = time.monotonic()
+            except Exception as error:
+                log.warning("housekeeping failed", extra={"error": repr(error)})
+            await asyncio.sleep(2.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep with jitter, waking early on stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds * random.uniform(0.8, 1.2))
+        except TimeoutError:
+            pass
