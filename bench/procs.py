@@ -1,0 +1,138 @@
+"""What the service's processes cost while a step runs: peak resident memory and CPU time, from /proc.
+
+A role (api, worker, postgres, redis) is a root process and all its descendants, so `flagmeter api
+--processes N` is measured as the sum over its N processes, and PostgreSQL's backends count toward it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """The root pid and every descendant alive now."""
+    children = _children_by_parent()
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def pid_of_command(*parts: str) -> int:
+    """The pid of the one process whose command line contains every one of `parts`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(part in cmdline for part in parts):
+            found.append(int(entry.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one process running {parts}, found {found}")
+    return found[0]
+
+
+def _memory_bytes(pid: int) -> tuple[int, int]:
+    """Resident set size and proportional set size (shared pages divided among their sharers)."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, pss
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass
+class RoleUsage:
+    peak_rss_bytes: int = 0  # the sum of the processes' RSS counts pages they share once per process
+    peak_pss_bytes: int = 0
+    cpu_seconds: float = 0.0
+
+
+@dataclass
+class ResourceSampler:
+    """Samples every role's summed RSS every `interval_s` in a thread; CPU is taken at start and stop."""
+
+    roles: dict[str, int]
+    interval_s: float = 0.2
+    usage: dict[str, RoleUsage] = field(default_factory=dict)
+    peak_service_rss_bytes: int = 0  # api + worker together, at the same instant
+    _cpu_start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _cpu_by_pid(self, role: str) -> dict[int, float]:
+        return {pid: _cpu_seconds(pid) for pid in process_tree(self.roles[role])}
+
+    def _sample(self) -> None:
+        rss: dict[str, int] = {}
+        for role, root in self.roles.items():
+            sizes = [_memory_bytes(pid) for pid in process_tree(root)]
+            rss[role] = sum(size[0] for size in sizes)
+            usage = self.usage[role]
+            usage.peak_rss_bytes = max(usage.peak_rss_bytes, rss[role])
+            usage.peak_pss_bytes = max(usage.peak_pss_bytes, sum(size[1] for size in sizes))
+        service = rss.get("api", 0) + rss.get("worker", 0)
+        self.peak_service_rss_bytes = max(self.peak_service_rss_bytes, service)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> ResourceSampler:
+        self.usage = {role: RoleUsage() for role in self.roles}
+        self._cpu_start = {role: self._cpu_by_pid(role) for role in self.roles}
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._sample()
+        for role in self.roles:
+            # Processes that started during the step count from zero; ones that ended are lost (rare).
+            end = self._cpu_by_pid(role)
+            start = self._cpu_start[role]
+            self.usage[role].cpu_seconds = sum(cpu - start.get(pid, 0.0) for pid, cpu in end.items())
