@@ -1,0 +1,38 @@
+#!/bin/sh
+# Install the system packages `make run` / `make test` need, when missing. Idempotent.
+#   .ci/system-deps.sh run    PostgreSQL and Redis server binaries, python3-venv
+#   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool
+# As root it installs with apt; otherwise it prints the one command to run.
+set -eu
+need=""
+has() { command -v "$1" >/dev/null 2>&1; }
+want() { need="$need $1"; }
+
+python3 -c 'import ensurepip, venv' 2>/dev/null || want python3-venv
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || has pg_ctl || want postgresql
+has redis-server || has valkey-server || want redis-server
+if [ "${1:-run}" = test ]; then
+  has dockerd || want docker.io
+  has iptables || want iptables
+  has debootstrap || want debootstrap
+  has chromium || want chromium
+  has promtool || want prometheus
+  has runuser || want util-linux
+fi
+
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  echo "installing system packages:$need"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $need >/dev/null
+  # Debian starts the packaged servers; FlagMeter runs its own under .run/, so stop those.
+  for unit in postgresql redis-server prometheus; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || service "$unit" stop >/dev/null 2>&1 || true
+  done
+else
+  echo "missing system packages; install them with:" >&2
+  echo "  sudo apt-get install -y$need" >&2
+  exit 1
+fi
