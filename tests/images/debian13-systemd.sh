@@ -57,6 +57,8 @@ for unit in getty.target systemd-udevd.service systemd-udev-trigger.service syst
   sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount systemd-firstboot.service; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
+# The rootfs is no tmpfs: keep boot-time cleaning of /tmp from racing the first converge.
+ln -sf /dev/null "$root/etc/tmpfiles.d/tmp.conf"
 : >"$root/etc/machine-id"
 echo "flagmeter-test" >"$root/etc/hostname"
 

@@ -1,0 +1,44 @@
+"""Molecule scenarios: converge each role on a Debian 13 systemd container, converge again
+(nothing may change), then verify the real state of the host."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.molecule, pytest.mark.docker, pytest.mark.slow]
+
+BASE_CONFIG = REPO / "tests" / "ansible" / "molecule-base.yml"
+
+
+def molecule_test(project: str, scenario: str, env: dict[str, str], image: str, volumes: dict[str, str]) -> None:
+    env = {**env, **volumes, "FLAGMETER_MOLECULE_IMAGE": image}
+    result = subprocess.run(
+        ["molecule", "-c", str(BASE_CONFIG), "test", "-s", scenario],
+        cwd=REPO / project, env=env, text=True, capture_output=True, check=False, timeout=900,
+    )
+    assert result.returncode == 0, f"molecule {project}/{scenario} failed:\n{result.stdout[-12000:]}\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("role", ["base", "security", "hetzner_volume", "docker"])
+def test_role_converges_idempotently_on_a_fresh_host(
+    role: str, ansible_env: dict[str, str], fresh_host_image: str, hetzner_volumes: dict[str, str]
+) -> None:
+    molecule_test(f"roles/{role}", "default", ansible_env, fresh_host_image, hetzner_volumes)
+
+
+@pytest.mark.parametrize("role", ["coolify", "observability", "flagmeter"])
+def test_role_converges_idempotently_on_a_docker_host(
+    role: str, ansible_env: dict[str, str], docker_host_image: str, hetzner_volumes: dict[str, str]
+) -> None:
+    molecule_test(f"roles/{role}", "default", ansible_env, docker_host_image, hetzner_volumes)
+
+
+def test_site_playbook_provisions_a_fresh_host_end_to_end(
+    ansible_env: dict[str, str], fresh_host_image: str, hetzner_volumes: dict[str, str]
+) -> None:
+    molecule_test("playbooks", "site", ansible_env, fresh_host_image, hetzner_volumes)
