@@ -42,7 +42,8 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": 
 
 
 def _compose_services() -> dict[str, Any]:
-    return load_yaml(COMPOSE_FILE)["services"]  # type: ignore[no-any-return]
+    services: dict[str, Any] = load_yaml(COMPOSE_FILE)["services"]
+    return services
 
 
 def _container_path(service: str, host_path: Path) -> str:
@@ -50,7 +51,7 @@ def _container_path(service: str, host_path: Path) -> str:
     for volume in _compose_services()[service]["volumes"]:
         source, target = volume.split(":")[:2]
         if (COMPOSE_FILE.parent / source).resolve() == host_path.resolve():
-            return target
+            return str(target)
     raise AssertionError(f"{host_path} is not mounted into {service}")
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from alloy_syntax import Block, parse, references
-from observability_files import COMPOSE_FILE, OBS, load_yaml
+from observability_files import COMPOSE_FILE, DASHBOARDS, OBS, dashboard, load_yaml, panels
 
 from flagmeter import logs
 
@@ -43,7 +43,8 @@ def _hours(duration: str) -> float:
 
 
 def _loki() -> dict[str, Any]:
-    return load_yaml(OBS / "loki.yml")  # type: ignore[return-value]
+    loki: dict[str, Any] = load_yaml(OBS / "loki.yml")
+    return loki
 
 
 def _alloy() -> dict[str, Block]:
@@ -60,7 +61,8 @@ def _app_log_line(**context: str) -> dict[str, Any]:
     tokens = [getattr(logs, key).set(value) for key, value in context.items()]
     try:
         record = logging.LogRecord("flagmeter.api", logging.WARNING, __file__, 1, "slow request", None, None)
-        return json.loads(logs.JsonFormatter().format(record))
+        line: dict[str, Any] = json.loads(logs.JsonFormatter().format(record))
+        return line
     finally:
         for key, token in zip(context, tokens, strict=True):
             getattr(logs, key).reset(token)
@@ -154,16 +156,16 @@ def test_alloy_extracts_the_fields_the_app_writes() -> None:
     assert extracted["level"] == "warning"
     (timestamp,) = _stages("stage.timestamp")
     assert timestamp.attributes["format"] == "RFC3339"
-    when = extracted[timestamp.attributes["source"]]
+    when = str(extracted[timestamp.attributes["source"]])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", when), when
     assert datetime.fromisoformat(when).utcoffset() is not None
 
 
 def test_the_dashboard_log_panel_filters_on_labels_alloy_sets() -> None:
-    dashboard = json.loads((OBS / "grafana" / "dashboards" / "flagmeter.json").read_text())
     loki_queries = [
         t["expr"]
-        for p in dashboard["panels"]
+        for path in DASHBOARDS
+        for p in panels(dashboard(path))
         if p.get("datasource", {}).get("type") == "loki"
         for t in p["targets"]
     ]

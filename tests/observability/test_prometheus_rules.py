@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from observability_files import COMPOSE_FILE, OBS, RULE_FILES, RULE_TESTS, load_yaml, rules, run_promtool
@@ -20,11 +21,11 @@ REQUIRED_ALERTS = {
 }
 
 
-def _alerts() -> dict[str, dict]:
+def _alerts() -> dict[str, dict[str, Any]]:
     return {rule["alert"]: rule for rule in rules() if "alert" in rule}
 
 
-def _alert_cases() -> list[dict]:
+def _alert_cases() -> list[dict[str, Any]]:
     return [
         case for path in RULE_TESTS for test in load_yaml(path)["tests"] for case in test["alert_rule_test"]
     ]
