@@ -81,6 +81,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent on anything but idle and iowait since boot (/proc/stat's first line)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    # guest time is already inside user time; count user..steal only.
+    return (sum(fields[:8]) - idle) / _CLOCK_TICKS
+
+
 @dataclass
 class RoleUsage:
     peak_rss_bytes: int = 0  # the sum of the processes' RSS counts pages they share once per process
@@ -96,6 +104,7 @@ class ResourceSampler:
     interval_s: float = 0.2
     usage: dict[str, RoleUsage] = field(default_factory=dict)
     peak_service_rss_bytes: int = 0  # api + worker together, at the same instant
+    machine_busy_s: float = 0.0  # every core, every process: shows what else ran meanwhile
     _cpu_start: dict[str, dict[int, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -120,6 +129,7 @@ class ResourceSampler:
 
     def __enter__(self) -> ResourceSampler:
         self.usage = {role: RoleUsage() for role in self.roles}
+        self.machine_busy_s = -machine_busy_seconds()
         self._cpu_start = {role: self._cpu_by_pid(role) for role in self.roles}
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
@@ -131,6 +141,7 @@ class ResourceSampler:
         if self._thread:
             self._thread.join()
         self._sample()
+        self.machine_busy_s += machine_busy_seconds()
         for role in self.roles:
             # Processes that started during the step count from zero; ones that ended are lost (rare).
             end = self._cpu_by_pid(role)

