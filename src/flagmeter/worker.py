@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from . import metrics
 from .config import Settings
+from .delivery import Courier
 from .store import BatchResult, Store, StoreUnavailable
 from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name
 
@@ -39,6 +40,7 @@ class Worker:
         self.concurrency = concurrency
         self.after_commit = list(after_commit)
         self._stopping = asyncio.Event()
+        self.courier = Courier(settings, store)  # alert outbox delivery (issue 3)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -57,10 +59,14 @@ class Worker:
     async def run(self) -> None:
         await self.start()
         housekeeping = asyncio.create_task(self._housekeeping())
+        # Its own task: a slow webhook never holds up counting.
+        delivering = asyncio.create_task(self.courier.run(self._stopping))
         try:
             await asyncio.gather(*(self._consume(consumer_name()) for _ in range(self.concurrency)))
         finally:
             housekeeping.cancel()
+            await asyncio.wait([delivering], timeout=self.courier.config.timeout_s + 2)
+            delivering.cancel()
         log.info("worker stopped")
 
     async def _consume(self, consumer: str) -> None:
@@ -111,7 +117,10 @@ class Worker:
         delay = 0.2
         while True:
             try:
-                result = await self.store.write_batch([e.event for e in entries if e.event is not None])
+                result = await self.store.write_batch(
+                    [e.event for e in entries if e.event is not None],
+                    slack_fallback=bool(self.settings.slack_webhook_url),
+                )
                 break
             except StoreUnavailable as error:
                 if self.stopping:
@@ -145,6 +154,11 @@ class Worker:
             metrics.tenant_tokens.labels(tenant).inc(tokens)
         oldest = min(e.event.received_ms for e in entries if e.event is not None)
         metrics.rollup_lag.set(max(time.time() - oldest / 1000, 0.0))
+        for alert in result.alerts:
+            metrics.alerts_fired.labels(str(alert.threshold)).inc()
+            log.info("quota alert decided", extra={"tenant": alert.tenant_id, "threshold": alert.threshold})
+        if result.alerts:
+            self.courier.wake()
         for hook in self.after_commit:
             try:
                 await hook(result)

@@ -11,7 +11,7 @@ from .. import metrics
 from ..config import Settings
 from ..store import Store
 from ..stream import Stream
-from . import events, health, tenants, usage
+from . import alerts, dashboard, events, health, tenants, usage
 from .auth import Directory
 from .errors import error_middleware
 
@@ -41,6 +41,14 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/ready", health.ready),
             web.get("/metrics", health.metrics_endpoint),
             web.get("/openapi.json", health.openapi),
+            # alerts and the dashboard (issue 3)
+            web.get("/v1/tenants/{tenant}/alerts", alerts.list_alerts),
+            web.get("/", dashboard.overview),
+            web.post("/login", dashboard.login),
+            web.post("/logout", dashboard.logout),
+            web.get("/tenants/{tenant}", dashboard.tenant_page),
+            web.get("/dashboard/usage.json", dashboard.usage_json),
+            web.get("/static/{name}", dashboard.static),
         ]
     )
     return app

@@ -9,13 +9,14 @@ from aiohttp import web
 
 from ..events import TENANT_ID
 from ..store import ApiKey, Conflict, Tenant
+from . import alerts as alert_settings
 from .auth import new_key, require_admin
 from .errors import ApiError, json_response, read_json
 from .usage import rfc3339
 
 MAX_QUOTA = 10**15
 CREATE_FIELDS = {"id", "name", "monthly_quota", "billing_day", "slack_webhook_url"}
-PATCH_FIELDS = {"name", "monthly_quota", "billing_day", "slack_webhook_url"}
+PATCH_FIELDS = {"name", "monthly_quota", "billing_day", "slack_webhook_url", *alert_settings.ALERT_FIELDS}
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -83,6 +84,7 @@ async def create_tenant(request: web.Request) -> web.Response:
     if not isinstance(body["id"], str) or not TENANT_ID.fullmatch(body["id"]):
         raise _invalid("id must be a slug [a-z0-9][a-z0-9-]{0,62}")
     _validated(body, allow_http=request.app["settings"].allow_http_webhooks)
+    await alert_settings.check_url(request, "slack_webhook_url", body.get("slack_webhook_url"))
     key_id, key, key_hash = new_key()
     draft = Tenant(
         body["id"],
@@ -103,7 +105,8 @@ async def create_tenant(request: web.Request) -> web.Response:
 async def list_tenants(request: web.Request) -> web.Response:
     require_admin(await request.app["directory"].principal(request))
     tenants = await request.app["store"].list_tenants()
-    return json_response({"tenants": [tenant_json(t) for t in tenants]})
+    documents = await alert_settings.with_settings(request, [tenant_json(t) for t in tenants])
+    return json_response({"tenants": documents})
 
 
 async def _known_tenant(request: web.Request) -> Tenant:
@@ -115,7 +118,8 @@ async def _known_tenant(request: web.Request) -> Tenant:
 
 async def get_tenant(request: web.Request) -> web.Response:
     require_admin(await request.app["directory"].principal(request))
-    return json_response(tenant_json(await _known_tenant(request)))
+    tenant = await _known_tenant(request)
+    return json_response((await alert_settings.with_settings(request, [tenant_json(tenant)]))[0])
 
 
 async def patch_tenant(request: web.Request) -> web.Response:
@@ -124,13 +128,16 @@ async def patch_tenant(request: web.Request) -> web.Response:
     if not body:
         raise _invalid("nothing to change")
     _validated(body, allow_http=request.app["settings"].allow_http_webhooks)
+    alert_changes = await alert_settings.take_changes(request, body)  # pops the alert fields
     if "name" in body:
         body["name"] = body["name"].strip()
     tenant = await request.app["store"].update_tenant(request.match_info["tenant"], body)
     if tenant is None:
         raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
+    shown_once = await alert_settings.apply_changes(request, tenant.id, alert_changes)
     request.app["directory"].forget_tenant(tenant.id)
-    return json_response(tenant_json(tenant))
+    document = (await alert_settings.with_settings(request, [tenant_json(tenant)]))[0]
+    return json_response(document | shown_once)
 
 
 async def list_keys(request: web.Request) -> web.Response:

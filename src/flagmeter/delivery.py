@@ -1,0 +1,249 @@
+"""Alert delivery: drain the outbox to Slack and Standard-Webhooks endpoints, with retries.
+
+Runs inside every worker as its own task beside the consumers. Rows are leased with
+`FOR UPDATE SKIP LOCKED` so workers share the outbox; a lease outlives the HTTP timeout, so
+a live worker never sees its row taken, and a killed worker's row is taken once the lease ends.
+What an answer means (`outcome_of`, `retry_delay`) is decided in `alerts.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+from . import metrics
+from .alerts import (
+    RetryPolicy,
+    message_id,
+    outcome_of,
+    parse_retry_after,
+    retry_delay,
+    signature,
+    slack_message,
+    webhook_payload,
+)
+from .config import Settings
+from .store import AttemptRecord, DeliveryJob, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "FlagMeter-Alerts/1"
+
+
+class UnsafeAddress(OSError):
+    """The webhook host resolves to an address FlagMeter must not call."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    timeout_s: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_s: float = 1.0
+    batch: int = 20
+
+    @property
+    def lease_s(self) -> float:
+        return 2 * self.timeout_s + 5
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> DeliveryConfig:
+        """FLAGMETER_ALERT_RETRY_BASE_MS / _MAX_ATTEMPTS / _TIMEOUT_MS: tests shrink the hour to seconds."""
+        env = dict(os.environ if env is None else env)
+        base_ms = int(env.get("FLAGMETER_ALERT_RETRY_BASE_MS") or 30_000)
+        attempts = int(env.get("FLAGMETER_ALERT_MAX_ATTEMPTS") or 8)
+        timeout_ms = int(env.get("FLAGMETER_ALERT_TIMEOUT_MS") or 10_000)
+        retry = RetryPolicy(base_s=base_ms / 1000, max_attempts=attempts)
+        return cls(timeout_s=timeout_ms / 1000, retry=retry)
+
+
+# -- URL safety -------------------------------------------------------------------------------
+
+
+def forbidden_address(address: str) -> bool:
+    """Loopback, private, link-local (cloud metadata), multicast, reserved: anything not global."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def url_shape_problem(url: object, allow_http: bool) -> str | None:
+    schemes = {"https", "http"} if allow_http else {"https"}
+    if not isinstance(url, str) or len(url) > 2000:
+        return "must be a URL of at most 2000 characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in schemes or not parts.hostname:
+        return "must be an https:// URL" if not allow_http else "must be an http(s):// URL"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+async def url_problem(url: object, *, allow_http: bool, allow_private: bool) -> str | None:
+    """Why FlagMeter refuses to call `url` now, or None. Checked at save time and at send time."""
+    problem = url_shape_problem(url, allow_http)
+    if problem or allow_private:
+        return problem
+    assert isinstance(url, str)
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return f"host {host!r} does not resolve"
+    if any(forbidden_address(str(info[4][0])) for info in infos):
+        return f"host {host!r} resolves to a private, loopback or link-local address"
+    return None
+
+
+class GuardedResolver(AbstractResolver):
+    """Refuses non-global addresses at connect time too, so DNS rebinding cannot slip past the check."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self._inner = ThreadedResolver()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not self._allow_private and any(forbidden_address(r["host"]) for r in results):
+            raise UnsafeAddress(f"{host} resolves to a private, loopback or link-local address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+# -- the courier ----------------------------------------------------------------------------
+
+
+def _endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+class Courier:
+    def __init__(self, settings: Settings, store: Store, config: DeliveryConfig | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.config = config or DeliveryConfig.from_env()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A batch just decided alerts: look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        resolver = GuardedResolver(self.settings.allow_private_webhooks)
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=20)
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        next_backlog = 0.0
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while not stopping.is_set():
+                jobs: list[DeliveryJob] = []
+                try:
+                    jobs = await self.store.lease_deliveries(self.config.batch, self.config.lease_s)
+                    if jobs:
+                        await asyncio.gather(*(self.deliver(session, job) for job in jobs))
+                    if time.monotonic() >= next_backlog:
+                        metrics.alert_outbox_backlog.set(await self.store.outbox_backlog())
+                        next_backlog = time.monotonic() + 5
+                except StoreUnavailable as error:
+                    log.warning("postgres unavailable; alert delivery paused", extra={"error": str(error)})
+                    await asyncio.sleep(2.0)
+                except Exception:
+                    log.exception("alert delivery loop failed")
+                    await asyncio.sleep(2.0)
+                if not jobs:
+                    await self._idle(stopping)
+        log.info("alert delivery stopped")
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        await asyncio.wait(waits, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()
+        self._wake.clear()
+
+    def _request(self, job: DeliveryJob, now: datetime) -> tuple[bytes, dict[str, str]]:
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if job.target == "slack":
+            return orjson.dumps(slack_message(job.alert, self.settings.public_url)), headers
+        body = orjson.dumps(webhook_payload(job.alert, self.settings.public_url, now))
+        msg_id, stamp = message_id(job.alert), int(now.timestamp())
+        headers |= {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": signature(job.secret or "", msg_id, stamp, body),
+        }
+        return body, headers
+
+    async def deliver(self, session: aiohttp.ClientSession, job: DeliveryJob) -> None:
+        """One attempt for one leased row, recorded whatever happens."""
+        started = time.perf_counter()
+        url = job.url or (self.settings.slack_webhook_url if job.target == "slack" else None)
+        status: int | None = None
+        retry_after: float | None = None
+        error: str | None
+        if not url:
+            outcome, error = "failed", f"no {job.target} target configured (or it was disabled)"
+        else:
+            error = await url_problem(
+                url,
+                allow_http=self.settings.allow_http_webhooks,
+                allow_private=self.settings.allow_private_webhooks,
+            )
+            outcome = "failed" if error else "retry"
+        if url and not error:
+            now = datetime.now(UTC)
+            body, headers = self._request(job, now)
+            try:
+                async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                    status = response.status
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
+                    await response.content.read(4096)
+                outcome = outcome_of(status)
+                error = None if outcome == "delivered" else f"HTTP {status}"
+            except TimeoutError:
+                outcome, error = "retry", f"timed out after {self.config.timeout_s:g} s"
+            except UnsafeAddress as refused:
+                outcome, error = "failed", str(refused)
+            except (aiohttp.ClientError, OSError) as failure:
+                outcome, error = "retry", f"{type(failure).__name__}: {failure}"[:500]
+        retry_in = None
+        if outcome == "retry":
+            retry_in = retry_delay(job.attempts + 1, self.config.retry, retry_after)
+            if retry_in is None:
+                outcome, error = "failed", f"{error}; gave up after {job.attempts + 1} attempts"
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        attempt = AttemptRecord(_endpoint(url) if url else "-", status, outcome, error, elapsed_ms)
+        await self.store.record_attempt(job, attempt, retry_in)
+        metrics.alert_deliveries.labels(job.target, outcome).inc()
+        extra: dict[str, Any] = {
+            "tenant": job.alert.tenant_id,
+            "threshold": job.alert.threshold,
+            "target": job.target,
+            "outcome": outcome,
+            "http_status": status,
+            "attempt": job.attempts + 1,
+        }
+        if error:
+            extra["error"] = error
+        log.log(logging.INFO if outcome == "delivered" else logging.WARNING, "alert delivery", extra=extra)
