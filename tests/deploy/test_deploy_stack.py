@@ -1,0 +1,235 @@
+"""The production compose stack, run for real: only postgres/valkey images swapped for the local Debian
+builds, the API published on 127.0.0.1. Events go in and usage comes out through the published port, and a
+worker restart and a worker crash in the middle of the load neither lose nor double-count an accepted
+event."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_support import POSTGRES_IMAGE, VALKEY_IMAGE, compose, compose_env, run
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ADMIN_TOKEN = compose_env()["FLAGMETER_ADMIN_TOKEN"]
+TENANT = "deploy-e2e"
+BATCH = 100
+LOADERS = 3
+FEATURES = ("chat", "embed", "rerank")
+
+
+@dataclass
+class Stack:
+    project: str
+    env: dict[str, str]
+    base_url: str
+
+    def compose(self, *args: str, check: bool = True) -> str:
+        return compose("-p", self.project, *args, env=self.env, check=check).stdout
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.base_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def sql(self, query: str) -> str:
+        return self.compose(
+            "exec", "-T", "postgres", "psql", "-U", "flagmeter", "-d", "flagmeter", "-At", "-c", query
+        ).strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(what: str, check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    app_image: str,
+    local_images: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Stack]:
+    project = f"fmdeploy{secrets.token_hex(4)}"
+    port = free_port()
+    pg_data: Path = tmp_path_factory.mktemp("flagmeter-pg")
+    pg_data.chmod(0o755)  # as a freshly mounted volume's root: the postgres user must traverse it
+    env = compose_env(
+        FLAGMETER_POSTGRES_IMAGE=POSTGRES_IMAGE,
+        FLAGMETER_VALKEY_IMAGE=VALKEY_IMAGE,
+        FLAGMETER_PG_DATA_DIR=str(pg_data),
+        FLAGMETER_NETWORK=project,
+        FLAGMETER_API_PORTS=str(port),
+        FLAGMETER_IMAGE=app_image,
+    )
+    running = Stack(project, env, f"http://127.0.0.1:{port}")
+    failed_before = request.session.testsfailed
+    try:
+        running.compose("up", "-d", "--no-build", "--quiet-pull")
+        wait_until("GET /ready = 200", lambda: running.call("GET", "/ready")[0] == 200, 180)
+        yield running
+    finally:
+        if request.session.testsfailed != failed_before:
+            logs = running.compose("logs", "--no-color", "--tail", "60", check=False)
+            print(f"\n--- last logs of {project}\n{logs[-6000:]}")
+        running.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+
+
+@dataclass
+class Ledger:
+    """What the API accepted (202), by event id; events re-sent with the same id are recorded once."""
+
+    tokens: dict[str, tuple[str, int]] = field(default_factory=dict)
+    batches: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, events: list[dict[str, Any]], accepted_ids: list[str]) -> None:
+        by_id = {e["id"]: (e["feature"], e["tokens"]) for e in events}
+        with self.lock:
+            for event_id in accepted_ids:
+                self.tokens[event_id] = by_id[event_id]
+            self.batches += 1
+
+    def wait_for_more(self, batches: int, errors: list[BaseException]) -> None:
+        target = self.batches + batches
+        wait_until(f"{batches} more accepted batches", lambda: self.batches >= target or bool(errors), 60)
+
+    def by_feature(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for feature, tokens in self.tokens.values():
+            totals[feature] = totals.get(feature, 0) + tokens
+        return totals
+
+
+def post_until_accepted(stack: Stack, events: list[dict[str, Any]], ledger: Ledger) -> None:
+    """Retry a batch with the same ids until the API accepts it, as a client is told to."""
+    for _ in range(60):
+        status, body = stack.call("POST", "/v1/events", events)
+        if status == 202:
+            assert body["rejected"] == [], body
+            ledger.record(events, body["ids"])
+            return
+        assert status in (429, 503), (status, body)
+        time.sleep(0.5)
+    raise AssertionError("a batch was never accepted")
+
+
+def load(
+    stack: Stack, ledger: Ledger, loader: int, stop: threading.Event, errors: list[BaseException]
+) -> None:
+    try:
+        sent = 0
+        while not stop.is_set():
+            events = [
+                {
+                    "tenant": TENANT,
+                    "id": f"l{loader}-b{sent}-e{i}",
+                    "feature": FEATURES[i % len(FEATURES)],
+                    "tokens": 1 + (loader * 7919 + sent * 131 + i) % 997,
+                }
+                for i in range(BATCH)
+            ]
+            post_until_accepted(stack, events, ledger)
+            if sent % 5 == 0:  # a client retry after a lost response: same ids again
+                post_until_accepted(stack, events, ledger)
+            sent += 1
+    except BaseException as error:  # surfaced by the test thread
+        errors.append(error)
+
+
+def worker_started_at(stack: Stack) -> str:
+    container = stack.compose("ps", "-q", "worker").strip()
+    return run("docker", "inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip()
+
+
+def worker_restarted(stack: Stack, started: str) -> bool:
+    return worker_started_at(stack) != started
+
+
+def restart_worker(stack: Stack) -> None:
+    """A deploy or `docker compose restart`: SIGTERM, the batch in flight finishes or stays pending."""
+    stack.compose("restart", "--timeout", "20", "worker")
+
+
+def crash_worker(stack: Stack) -> None:
+    """A crash: every process in the container killed at once, a batch possibly committed but not acked.
+    The restart policy brings it back; the pending entries are reclaimed after FLAGMETER_CLAIM_IDLE_MS."""
+    stack.compose("exec", "-T", "worker", "sh", "-c", "kill -KILL -1", check=False)
+
+
+def test_api_is_published_on_loopback_only(deployed: Stack) -> None:
+    published = deployed.compose("port", "api", "8080").strip()
+    assert published.startswith("127.0.0.1:")
+
+
+def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(deployed: Stack) -> None:
+    status, body = deployed.call(
+        "POST", "/v1/tenants", {"id": TENANT, "name": "Deploy test", "monthly_quota": 10**12}
+    )
+    assert status == 201, body
+
+    ledger, stop, errors = Ledger(), threading.Event(), []
+    loaders = [
+        threading.Thread(target=load, args=(deployed, ledger, n, stop, errors), daemon=True)
+        for n in range(LOADERS)
+    ]
+    for thread in loaders:
+        thread.start()
+    for interrupt in (restart_worker, crash_worker):
+        ledger.wait_for_more(10, errors)
+        started = worker_started_at(deployed)
+        interrupt(deployed)
+        wait_until("worker restarted", partial(worker_restarted, deployed, started), 60)
+        wait_until("worker healthy again", lambda: "(healthy)" in deployed.compose("ps", "worker"), 90)
+    ledger.wait_for_more(10, errors)
+    stop.set()
+    for thread in loaders:
+        thread.join(30)
+    assert not errors, errors
+
+    expected = ledger.by_feature()
+
+    def counted() -> bool:
+        return deployed.call("GET", f"/v1/usage/{TENANT}")[1]["used"] >= sum(expected.values())
+
+    wait_until("every accepted event counted", counted, 150)
+    time.sleep(2)  # anything still pending would now show up as an over-count
+    status, usage = deployed.call("GET", f"/v1/usage/{TENANT}")
+    assert status == 200
+    assert usage["by_feature"] == expected
+    assert usage["used"] == sum(expected.values())
+    rows = deployed.sql(f"SELECT count(*), count(DISTINCT event_id) FROM events WHERE tenant_id = '{TENANT}'")
+    assert rows == f"{len(ledger.tokens)}|{len(ledger.tokens)}"
