@@ -1,0 +1,150 @@
+"""Exactly-once counting: duplicate ids, client retries, workers killed mid-batch, racing workers."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from conftest import Stack
+
+
+def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
+    return {"id": event_id or uuid.uuid4().hex, "feature": random.choice(["chat", "embed", "tts"]), "tokens": tokens}
+
+
+def counted_rows(stack: Stack, tenant: str) -> int:
+    return int(stack.sql("SELECT count(*) FROM events WHERE tenant_id = %s", (tenant,))[0][0])
+
+
+def test_duplicate_event_id_within_one_batch_counts_once(stack: Stack) -> None:
+    tenant, key = stack.create_tenant()
+    status, body, _ = stack.request("POST", "/v1/events", [ev(5, "same"), ev(5, "same"), ev(1)], token=key)
+    assert status == 202 and body["accepted"] == 3
+    stack.wait_used(tenant, 6)
+    time.sleep(0.5)
+    assert stack.usage(tenant)["used"] == 6
+    assert counted_rows(stack, tenant) == 2
+
+
+def test_duplicate_event_id_counts_once_across_batches_and_retries(stack: Stack) -> None:
+    tenant, key = stack.create_tenant()
+    batch = [ev(10) for _ in range(50)]
+    for _ in range(3):  # a client retrying the whole batch
+        assert stack.request("POST", "/v1/events", batch, token=key)[0] == 202
+    assert stack.request("POST", "/v1/events", batch[7], token=key)[0] == 202
+    stack.wait_used(tenant, 500)
+    time.sleep(1)
+    assert stack.usage(tenant)["used"] == 500
+    assert counted_rows(stack, tenant) == 50
+
+
+def test_same_id_for_two_tenants_counts_for_each(stack: Stack) -> None:
+    first, first_key = stack.create_tenant()
+    second, second_key = stack.create_tenant()
+    stack.request("POST", "/v1/events", ev(3, "shared-id"), token=first_key)
+    stack.request("POST", "/v1/events", ev(4, "shared-id"), token=second_key)
+    stack.wait_used(first, 3)
+    stack.wait_used(second, 4)
+
+
+def _isolated(stack: Stack, **env: str) -> dict[str, str]:
+    """Env for a pipeline of its own: a fresh stream and group, so the session worker stays out."""
+    return {"FLAGMETER_STREAM": f"test:{uuid.uuid4().hex[:8]}", **env}
+
+
+def _post_in_background(stack: Stack, url: str, key: str, batches: list[list[dict[str, object]]]) -> threading.Thread:
+    def post() -> None:
+        for batch in batches:
+            status, body, _ = stack.request("POST", "/v1/events", batch, token=key, base=url)
+            assert status == 202, body
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None:
+    env = _isolated(stack, FLAGMETER_CLAIM_IDLE_MS="1000", FLAGMETER_BATCH_SIZE="500")
+    tenant, key = stack.create_tenant(quota=10**12)
+    api, url = stack.start_api(processes=1, **env)
+    batches = [[ev(random.randint(1, 1000)) for _ in range(1000)] for _ in range(30)]
+    expected = sum(int(e["tokens"]) for batch in batches for e in batch)  # type: ignore[call-overload]
+    client = redis.Redis.from_url(stack.redis_url)
+    killed_holding = 0
+    poster = _post_in_background(stack, url, key, batches + batches[:5])  # the last five are client retries
+    try:
+        for _ in range(4):
+            worker, _ = stack.start_worker(**env)
+            time.sleep(random.uniform(0.4, 1.0))
+            worker.stop(signal.SIGKILL)
+            pending = client.xpending(env["FLAGMETER_STREAM"], "flagmeter-workers")["pending"]
+            killed_holding += pending > 0
+        poster.join(120)
+        first, _ = stack.start_worker(**env)
+        second, _ = stack.start_worker(**env)  # the dead workers' entries are reclaimed by either
+        stack.wait_used(tenant, expected, timeout=90)
+        time.sleep(1.5)
+        assert stack.usage(tenant)["used"] == expected
+        assert counted_rows(stack, tenant) == 30_000
+        assert killed_holding > 0, "no kill happened while a worker held a batch; the test proved nothing"
+        assert client.xlen(env["FLAGMETER_STREAM"]) == 0
+        for worker in (first, second):
+            assert worker.stop() == 0  # SIGTERM: finish the batch in hand, exit 0
+    finally:
+        api.stop()
+
+
+@pytest.mark.slow
+def test_workers_racing_on_reclaimed_entries_count_once(stack: Stack) -> None:
+    # An idle timeout far below a batch's duration makes workers steal each other's entries mid-batch.
+    env = _isolated(stack, FLAGMETER_CLAIM_IDLE_MS="100", FLAGMETER_BATCH_SIZE="1000")
+    tenant, key = stack.create_tenant(quota=10**12)
+    api, url = stack.start_api(processes=1, **env)
+    workers = [stack.start_worker(**env)[0] for _ in range(3)]
+    try:
+        batches = [[ev(random.randint(1, 100)) for _ in range(1000)] for _ in range(15)]
+        expected = sum(int(e["tokens"]) for batch in batches for e in batch)  # type: ignore[call-overload]
+        _post_in_background(stack, url, key, batches).join(120)
+        stack.wait_used(tenant, expected, timeout=90)
+        time.sleep(1.5)
+        assert stack.usage(tenant)["used"] == expected
+        assert counted_rows(stack, tenant) == 15_000
+    finally:
+        for worker in workers:
+            worker.stop()
+        api.stop()
+
+
+@pytest.mark.slow
+def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(stack: Stack) -> None:
+    env = _isolated(stack, FLAGMETER_CLAIM_IDLE_MS="200", FLAGMETER_MAX_DELIVERIES="3")
+    tenant, key = stack.create_tenant()
+    client = redis.Redis.from_url(stack.redis_url)
+    stream = env["FLAGMETER_STREAM"]
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    # A well-formed entry the database refuses (a bigint overflow in the rollup), between good ones.
+    client.xadd(stream, {"e": f'["{tenant}","a","chat",5,{int(time.time() * 1000)},{int(time.time() * 1000)}]'})
+    client.xadd(stream, {"e": f'["{tenant}","poison","chat",{2**63 - 1},{int(time.time() * 1000)},0]'})
+    client.xadd(stream, {"e": b"not json"})
+    client.xadd(stream, {"e": f'["{tenant}","b","chat",6,{int(time.time() * 1000)},{int(time.time() * 1000)}]'})
+    worker, _ = stack.start_worker(**env)
+    try:
+        stack.wait_used(tenant, 11, timeout=30)
+        deadline = time.monotonic() + 30
+        while client.xlen(f"{stream}:dead") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dead = {fields[b"reason"] for _, fields in client.xrange(f"{stream}:dead")}
+        assert dead == {b"malformed", b"max_deliveries"}
+        assert client.xlen(stream) == 0
+        # The line keeps moving after the poison entry.
+        status, _, _ = stack.request("POST", "/v1/events", ev(1), token=key)
+        assert status == 202
+    finally:
+        worker.stop()
