@@ -18,6 +18,9 @@ if [ "${1:-run}" = test ]; then
   has chromium || want chromium
   has promtool || want prometheus
   has runuser || want util-linux
+  has prometheus-node-exporter || want prometheus-node-exporter
+  has prometheus-postgres-exporter || want prometheus-postgres-exporter
+  has prometheus-redis-exporter || want prometheus-redis-exporter
 fi
 
 [ -z "$need" ] && exit 0
@@ -28,7 +31,8 @@ if [ "$(id -u)" = 0 ]; then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $need >/dev/null
   # Debian starts the packaged servers; FlagMeter runs its own under .run/, so stop those.
-  for unit in postgresql redis-server prometheus; do
+  for unit in postgresql redis-server prometheus prometheus-node-exporter prometheus-postgres-exporter \
+      prometheus-redis-exporter; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || service "$unit" stop >/dev/null 2>&1 || true
   done
 else
