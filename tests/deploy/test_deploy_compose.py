@@ -90,3 +90,24 @@ def test_env_example_names_every_variable_the_compose_files_read() -> None:
         used |= set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", path.read_text()))
     # Coolify generates its SERVICE_* variables itself.
     assert {v for v in used if not v.startswith("SERVICE_")} <= documented
+
+
+def test_coolify_stack_mirrors_production_limits_and_publishes_nothing(docker_engine: None) -> None:
+    production = resolved(PRODUCTION_FILE)["services"]
+    coolify = resolved(COOLIFY_FILE)["services"]
+    assert set(coolify) == set(production)
+    for name, service in coolify.items():
+        assert not service.get("ports"), name
+        assert (service["mem_limit"], service["cpus"]) == (
+            production[name]["mem_limit"],
+            production[name]["cpus"],
+        )
+        # Coolify counts a service with restart "no" as a one-shot; every other one needs a health check.
+        assert service["restart"] == "no" if name == "migrate" else service["healthcheck"]["test"], name
+
+
+def test_coolify_apps_reach_the_stores_by_their_preview_suffixed_names(docker_engine: None) -> None:
+    text = (REPO / COOLIFY_FILE).read_text()
+    assert "@${SERVICE_NAME_POSTGRES:-postgres}:5432/" in text
+    assert "redis://${SERVICE_NAME_VALKEY:-valkey}:6379/" in text
+    assert "SERVICE_FQDN_API_8080" in text
