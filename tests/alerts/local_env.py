@@ -47,7 +47,7 @@ class LocalEnv:
     stack: Any  # tests/conftest.py Stack: spawns processes and speaks HTTP
     env: dict[str, str]
     api_url: str = ""
-    workers: list[Any] = field(default_factory=list)
+    processes: list[Any] = field(default_factory=list)
     metrics_urls: list[str] = field(default_factory=list)
 
     @classmethod
@@ -70,12 +70,13 @@ class LocalEnv:
         return cls(stack, overrides)
 
     def start_api(self, **env: str) -> str:
-        _, self.api_url = self.stack.start_api(processes=1, **{**self.env, **env})
+        process, self.api_url = self.stack.start_api(processes=1, **{**self.env, **env})
+        self.processes.append(process)
         return self.api_url
 
     def start_worker(self, **env: str) -> Any:
         process, metrics_url = self.stack.start_worker(**{**self.env, **env})
-        self.workers.append(process)
+        self.processes.append(process)
         self.metrics_urls.append(metrics_url)
         return process
 
@@ -145,8 +146,8 @@ class LocalEnv:
         return list(body["alerts"])
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        for process in self.processes:
+            process.stop()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
