@@ -120,8 +120,14 @@ class Stack:
     # -- plain synchronous HTTP for tests ---------------------------------------------------
 
     def request(
-        self, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN,
-        raw: bytes | None = None, base: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = ADMIN_TOKEN,
+        raw: bytes | None = None,
+        base: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         request = urllib.request.Request(f"{base or self.api_url}{path}", data=data, method=method)
@@ -144,9 +150,15 @@ class Stack:
     def create_tenant(self, quota: int = 1_000_000, billing_day: int = 1, **extra: Any) -> tuple[str, str]:
         tenant_id = f"t-{uuid.uuid4().hex[:12]}"
         status, body, _ = self.request(
-            "POST", "/v1/tenants",
-            {"id": tenant_id, "name": f"Tenant {tenant_id}", "monthly_quota": quota,
-             "billing_day": billing_day, **extra},
+            "POST",
+            "/v1/tenants",
+            {
+                "id": tenant_id,
+                "name": f"Tenant {tenant_id}",
+                "monthly_quota": quota,
+                "billing_day": billing_day,
+                **extra,
+            },
         )
         assert status == 201, body
         return tenant_id, body["api_key"]
@@ -181,7 +193,9 @@ def servers() -> Iterator[LocalStack]:
     stack.start()
     subprocess.run(
         [sys.executable, "-m", "flagmeter.cli", "migrate"],
-        env={**os.environ, "DATABASE_URL": stack.database_url}, check=True, capture_output=True,
+        env={**os.environ, "DATABASE_URL": stack.database_url},
+        check=True,
+        capture_output=True,
     )
     yield stack
     stack.stop()
@@ -217,7 +231,8 @@ def rollups_match_events(request: pytest.FixtureRequest) -> Iterator[None]:
     stack: Stack = request.getfixturevalue("stack")
     mismatched = stack.sql(
         """
-        SELECT coalesce(r.tenant_id, e.tenant_id), coalesce(r.feature, e.feature), coalesce(r.minute, e.minute)
+        SELECT coalesce(r.tenant_id, e.tenant_id), coalesce(r.feature, e.feature),
+               coalesce(r.minute, e.minute)
         FROM rollups r
         FULL JOIN (SELECT tenant_id, feature, date_trunc('minute', occurred_at) AS minute,
                           sum(tokens) AS tokens, count(*) AS events

@@ -28,10 +28,18 @@ def assert_nothing_stored(stack: Stack, tenant: str, key: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/events"), ("GET", "/v1/usage/acme"), ("GET", "/v1/usage/acme/series"),
-     ("GET", "/v1/tenants"), ("POST", "/v1/tenants"), ("GET", "/v1/tenants/acme"),
-     ("PATCH", "/v1/tenants/acme"), ("GET", "/v1/tenants/acme/keys"), ("POST", "/v1/tenants/acme/keys"),
-     ("DELETE", "/v1/tenants/acme/keys/key_x")],
+    [
+        ("POST", "/v1/events"),
+        ("GET", "/v1/usage/acme"),
+        ("GET", "/v1/usage/acme/series"),
+        ("GET", "/v1/tenants"),
+        ("POST", "/v1/tenants"),
+        ("GET", "/v1/tenants/acme"),
+        ("PATCH", "/v1/tenants/acme"),
+        ("GET", "/v1/tenants/acme/keys"),
+        ("POST", "/v1/tenants/acme/keys"),
+        ("DELETE", "/v1/tenants/acme/keys/key_x"),
+    ],
 )
 @pytest.mark.parametrize("token", [None, "wrong", "fm_not-a-real-key"])
 def test_missing_or_invalid_token_is_401(stack: Stack, method: str, path: str, token: str | None) -> None:
@@ -43,8 +51,15 @@ def test_missing_or_invalid_token_is_401(stack: Stack, method: str, path: str, t
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/tenants"), ("POST", "/v1/tenants"), ("GET", "/v1/tenants/{t}"), ("PATCH", "/v1/tenants/{t}"),
-     ("GET", "/v1/tenants/{t}/keys"), ("POST", "/v1/tenants/{t}/keys"), ("DELETE", "/v1/tenants/{t}/keys/k")],
+    [
+        ("GET", "/v1/tenants"),
+        ("POST", "/v1/tenants"),
+        ("GET", "/v1/tenants/{t}"),
+        ("PATCH", "/v1/tenants/{t}"),
+        ("GET", "/v1/tenants/{t}/keys"),
+        ("POST", "/v1/tenants/{t}/keys"),
+        ("DELETE", "/v1/tenants/{t}/keys/k"),
+    ],
 )
 def test_tenant_keys_cannot_use_admin_endpoints(stack: Stack, method: str, path: str) -> None:
     tenant, key = stack.create_tenant()
@@ -96,7 +111,9 @@ def test_create_tenant_returns_the_key_once_and_stores_only_its_hash(stack: Stac
 
 def test_duplicate_tenant_is_409(stack: Stack) -> None:
     tenant, _ = stack.create_tenant()
-    status, body, _ = stack.request("POST", "/v1/tenants", {"id": tenant, "name": "again", "monthly_quota": 1})
+    status, body, _ = stack.request(
+        "POST", "/v1/tenants", {"id": tenant, "name": "again", "monthly_quota": 1}
+    )
     assert status == 409 and body["error"]["code"] == "tenant_exists"
 
 
@@ -136,7 +153,9 @@ def test_get_list_patch_tenant(stack: Stack) -> None:
     status, body, _ = stack.request("GET", f"/v1/tenants/{tenant}")
     assert status == 200 and body["monthly_quota"] == 100
     assert tenant in [t["id"] for t in stack.request("GET", "/v1/tenants")[1]["tenants"]]
-    status, body, _ = stack.request("PATCH", f"/v1/tenants/{tenant}", {"monthly_quota": 500, "name": "Renamed"})
+    status, body, _ = stack.request(
+        "PATCH", f"/v1/tenants/{tenant}", {"monthly_quota": 500, "name": "Renamed"}
+    )
     assert status == 200 and body["monthly_quota"] == 500 and body["name"] == "Renamed"
     assert stack.request("PATCH", f"/v1/tenants/{tenant}", {"billing_day": 40})[0] == 422
     assert stack.request("PATCH", f"/v1/tenants/{tenant}", {})[0] == 422
@@ -191,7 +210,10 @@ def test_batch_accepts_valid_events_and_reports_each_rejection(stack: Stack) -> 
     assert status == 202
     assert body["accepted"] == 2
     assert [(r["index"], r["error"]["code"]) for r in body["rejected"]] == [
-        (1, "invalid_tokens"), (2, "forbidden"), (4, "invalid_event")]
+        (1, "invalid_tokens"),
+        (2, "forbidden"),
+        (4, "invalid_event"),
+    ]
     stack.wait_used(tenant, 5)
 
 
@@ -309,24 +331,33 @@ def test_late_event_counts_toward_its_own_period(stack: Stack) -> None:
     stack.request("POST", "/v1/events", [ev(100, timestamp=yesterday), ev(1)], token=key)
     usage = stack.wait_used(tenant, 1)
     assert usage["period"]["start"] == now.strftime("%Y-%m-%dT00:00:00Z")
-    rows = stack.sql("SELECT sum(tokens) FROM period_totals WHERE tenant_id = %s AND period_start < %s",
-                     (tenant, now.replace(hour=0, minute=0, second=0, microsecond=0)))
+    rows = stack.sql(
+        "SELECT sum(tokens) FROM period_totals WHERE tenant_id = %s AND period_start < %s",
+        (tenant, now.replace(hour=0, minute=0, second=0, microsecond=0)),
+    )
     assert rows == [(100,)]
 
 
 def test_series_by_window_and_feature(stack: Stack) -> None:
     tenant, key = stack.create_tenant()
     base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
-    events = [ev(1, "a", timestamp=base.isoformat()), ev(2, "a", timestamp=(base + timedelta(minutes=1)).isoformat()),
-              ev(4, "b", timestamp=(base + timedelta(minutes=1, seconds=5)).isoformat())]
+    events = [
+        ev(1, "a", timestamp=base.isoformat()),
+        ev(2, "a", timestamp=(base + timedelta(minutes=1)).isoformat()),
+        ev(4, "b", timestamp=(base + timedelta(minutes=1, seconds=5)).isoformat()),
+    ]
     stack.request("POST", "/v1/events", events, token=key)
     stack.wait_used(tenant, 7)
     start = base.isoformat().replace("+00:00", "Z")
     end = (base + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
-    status, body, _ = stack.request("GET", f"/v1/usage/{tenant}/series?window=minute&from={start}&to={end}", token=key)
+    status, body, _ = stack.request(
+        "GET", f"/v1/usage/{tenant}/series?window=minute&from={start}&to={end}", token=key
+    )
     assert status == 200
     assert [(r["tokens"], r["events"]) for r in body["rows"]] == [(1, 1), (6, 2)]
-    status, body, _ = stack.request("GET", f"/v1/usage/{tenant}/series?window=minute&feature=a&from={start}&to={end}")
+    status, body, _ = stack.request(
+        "GET", f"/v1/usage/{tenant}/series?window=minute&feature=a&from={start}&to={end}"
+    )
     assert [r["tokens"] for r in body["rows"]] == [1, 2]
     status, body, _ = stack.request("GET", f"/v1/usage/{tenant}/series", token=key)
     assert body["window"] == "hour" and sum(r["tokens"] for r in body["rows"]) == 7
@@ -334,8 +365,13 @@ def test_series_by_window_and_feature(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["window=week", "from=yesterday", "to=2020-01-01T00:00:00Z", "feature=bad%20feature",
-     "window=minute&from=2025-01-01T00:00:00Z&to=2025-12-01T00:00:00Z"],
+    [
+        "window=week",
+        "from=yesterday",
+        "to=2020-01-01T00:00:00Z",
+        "feature=bad%20feature",
+        "window=minute&from=2025-01-01T00:00:00Z&to=2025-12-01T00:00:00Z",
+    ],
 )
 def test_series_bad_parameters_are_422(stack: Stack, query: str) -> None:
     tenant, key = stack.create_tenant()
@@ -356,7 +392,7 @@ def test_health_ready_metrics_and_openapi_need_no_token(stack: Stack) -> None:
 def test_unknown_route_and_method_are_json_errors(stack: Stack) -> None:
     status, body, _ = stack.request("GET", "/v1/nothing")
     assert status == 404 and body["error"]["code"] == "not_found"
-    status, body, headers = stack.request("PUT", "/v1/events", {})
+    status, body, _ = stack.request("PUT", "/v1/events", {})
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
 
 
@@ -370,10 +406,10 @@ def test_metrics_are_summed_across_api_processes(stack: Stack) -> None:
 
     def accepted() -> float:
         text = urllib.request.urlopen(f"{stack.api_url}/metrics").read().decode()
-        line = next(l for l in text.splitlines() if l.startswith("flagmeter_events_accepted_total "))
+        line = next(row for row in text.splitlines() if row.startswith("flagmeter_events_accepted_total "))
         return float(line.split()[1])
 
-    tenant, key = stack.create_tenant()
+    _, key = stack.create_tenant()
     before = accepted()
     for _ in range(20):  # new connections spread over both processes
         stack.request("POST", "/v1/events", ev(1), token=key)

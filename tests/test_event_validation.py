@@ -66,10 +66,22 @@ def test_timestamp_window_is_35_days_back_and_5_minutes_ahead() -> None:
     def iso(ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
-    assert judge({"feature": "c", "tokens": 1, "timestamp": iso(NOW - MAX_AGE_MS)}).occurred_ms == NOW - MAX_AGE_MS
-    assert code_of({"feature": "c", "tokens": 1, "timestamp": iso(NOW - MAX_AGE_MS - 1000)}) == "timestamp_too_old"
-    assert judge({"feature": "c", "tokens": 1, "timestamp": iso(NOW + MAX_AHEAD_MS)}).occurred_ms == NOW + MAX_AHEAD_MS
-    assert code_of({"feature": "c", "tokens": 1, "timestamp": iso(NOW + MAX_AHEAD_MS + 1000)}) == "timestamp_in_future"
+    assert (
+        judge({"feature": "c", "tokens": 1, "timestamp": iso(NOW - MAX_AGE_MS)}).occurred_ms
+        == NOW - MAX_AGE_MS
+    )
+    assert (
+        code_of({"feature": "c", "tokens": 1, "timestamp": iso(NOW - MAX_AGE_MS - 1000)})
+        == "timestamp_too_old"
+    )
+    assert (
+        judge({"feature": "c", "tokens": 1, "timestamp": iso(NOW + MAX_AHEAD_MS)}).occurred_ms
+        == NOW + MAX_AHEAD_MS
+    )
+    assert (
+        code_of({"feature": "c", "tokens": 1, "timestamp": iso(NOW + MAX_AHEAD_MS + 1000)})
+        == "timestamp_in_future"
+    )
 
 
 def test_admin_must_name_an_existing_tenant() -> None:
@@ -79,4 +91,6 @@ def test_admin_must_name_an_existing_tenant() -> None:
 
 
 def test_nanosecond_fractions_and_offsets_parse() -> None:
-    assert parse_timestamp("2025-11-24T12:00:00.123456789+02:00") == parse_timestamp("2025-11-24T10:00:00.123Z")
+    assert parse_timestamp("2025-11-24T12:00:00.123456789+02:00") == parse_timestamp(
+        "2025-11-24T10:00:00.123Z"
+    )

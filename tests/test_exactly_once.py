@@ -15,7 +15,11 @@ from conftest import Stack
 
 
 def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
-    return {"id": event_id or uuid.uuid4().hex, "feature": random.choice(["chat", "embed", "tts"]), "tokens": tokens}
+    return {
+        "id": event_id or uuid.uuid4().hex,
+        "feature": random.choice(["chat", "embed", "tts"]),
+        "tokens": tokens,
+    }
 
 
 def counted_rows(stack: Stack, tenant: str) -> int:
@@ -58,7 +62,9 @@ def _isolated(stack: Stack, **env: str) -> dict[str, str]:
     return {"FLAGMETER_STREAM": f"test:{uuid.uuid4().hex[:8]}", **env}
 
 
-def _post_in_background(stack: Stack, url: str, key: str, batches: list[list[dict[str, object]]]) -> threading.Thread:
+def _post_in_background(
+    stack: Stack, url: str, key: str, batches: list[list[dict[str, object]]]
+) -> threading.Thread:
     def post() -> None:
         for batch in batches:
             status, body, _ = stack.request("POST", "/v1/events", batch, token=key, base=url)
@@ -130,10 +136,14 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(
     stream = env["FLAGMETER_STREAM"]
     client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
     # A well-formed entry the database refuses (a bigint overflow in the rollup), between good ones.
-    client.xadd(stream, {"e": f'["{tenant}","a","chat",5,{int(time.time() * 1000)},{int(time.time() * 1000)}]'})
+    client.xadd(
+        stream, {"e": f'["{tenant}","a","chat",5,{int(time.time() * 1000)},{int(time.time() * 1000)}]'}
+    )
     client.xadd(stream, {"e": f'["{tenant}","poison","chat",{2**63 - 1},{int(time.time() * 1000)},0]'})
     client.xadd(stream, {"e": b"not json"})
-    client.xadd(stream, {"e": f'["{tenant}","b","chat",6,{int(time.time() * 1000)},{int(time.time() * 1000)}]'})
+    client.xadd(
+        stream, {"e": f'["{tenant}","b","chat",6,{int(time.time() * 1000)},{int(time.time() * 1000)}]'}
+    )
     worker, _ = stack.start_worker(**env)
     try:
         stack.wait_used(tenant, 11, timeout=30)

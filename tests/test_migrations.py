@@ -22,12 +22,18 @@ def _fresh_database(servers: LocalStack) -> str:
     return servers.database_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schema(servers: LocalStack) -> None:
+def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schema(
+    servers: LocalStack,
+) -> None:
     url = _fresh_database(servers)
     env = {**os.environ, "DATABASE_URL": url}
     runs = [
-        subprocess.Popen([sys.executable, "-m", "flagmeter.cli", "migrate"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, "-m", "flagmeter.cli", "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(3)
     ]
     outputs = [run.communicate(timeout=60)[0].decode() for run in runs]
@@ -37,9 +43,7 @@ def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schem
         assert [row[0] for row in cur.fetchall()] == [version for version, _ in migration_files()]
         cur.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'tenants'")
         assert cur.fetchone() == (1,)
-        cur.execute(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
-        )
+        cur.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
         assert cur.fetchone()[0] >= 6  # default + months around now
 
 
@@ -47,6 +51,11 @@ def test_migrate_again_applies_nothing(servers: LocalStack) -> None:
     url = _fresh_database(servers)
     env = {**os.environ, "DATABASE_URL": url}
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-m", "flagmeter.cli", "migrate"], env=env,
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "flagmeter.cli", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     assert '"applied":[]' in done.stdout.replace(" ", "")

@@ -21,7 +21,9 @@ def test_events_posted_while_postgres_is_down_are_counted_when_it_returns(stack:
     api, url = stack.start_api(processes=1, **env)
     worker, _ = stack.start_worker(**env)
     try:
-        assert stack.request("POST", "/v1/events", ev(1), token=key, base=url)[0] == 202  # warms the key cache
+        assert (
+            stack.request("POST", "/v1/events", ev(1), token=key, base=url)[0] == 202
+        )  # warms the key cache
         stack.wait_used(tenant, 1)
         stack.servers.stop_postgres()
         try:

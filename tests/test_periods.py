@@ -60,7 +60,9 @@ def test_billing_day_out_of_range_is_refused() -> None:
         period_containing(utc(2025, 1, 1), 32)
 
 
-moments = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC))
+moments = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC)
+)
 days = st.integers(min_value=1, max_value=31)
 
 

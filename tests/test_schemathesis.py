@@ -21,9 +21,24 @@ def test_no_generated_request_gets_a_server_error(stack: Stack, who: str) -> Non
     token = ADMIN_TOKEN if who == "admin" else key
     schemathesis = Path(sys.executable).parent / "schemathesis"
     run = subprocess.run(
-        [str(schemathesis), "run", f"{stack.api_url}/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "1",
-         "--header", f"Authorization: Bearer {token}", "--request-timeout", "30", "--no-color"],
-        capture_output=True, text=True, timeout=420,
+        [
+            str(schemathesis),
+            "run",
+            f"{stack.api_url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--request-timeout",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import logs
 from .config import ConfigError, Settings
+from .events import TENANT_ID
 
 log = logging.getLogger("flagmeter")
 
@@ -272,6 +273,15 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     if args.action == "create" and not (args.id and args.quota is not None):
         print("flagmeter: tenant create needs --id and --quota", file=sys.stderr)
         return 2
+    if args.action == "key" and not args.id:
+        print("flagmeter: tenant key needs --id", file=sys.stderr)
+        return 2
+    if args.id is not None and not TENANT_ID.fullmatch(args.id):
+        print("flagmeter: --id must be a slug [a-z0-9][a-z0-9-]{0,62}", file=sys.stderr)
+        return 2
+    if args.quota is not None and args.quota < 0:
+        print("flagmeter: --quota must be >= 0", file=sys.stderr)
+        return 2
     result: int = _run(_with_store(act))
     return result
 
@@ -284,6 +294,37 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ledger, dropped = _run(_with_store(act))
     print(f"dropped partitions: {', '.join(dropped) or 'none'}; dedup rows pruned: {ledger}")
     return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from .stream import Stream
+
+    settings = _settings(argparse.Namespace(dev=True))
+
+    async def act() -> int:
+        stream = Stream.from_url(
+            settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
+        )
+        try:
+            if args.replay:
+                moved = 0
+                while moved < args.limit and (
+                    n := await stream.replay_dead_letters(min(1000, args.limit - moved))
+                ):
+                    moved += n
+                print(f"replayed {moved} dead letters onto {settings.stream}")
+            else:
+                summary = await stream.dead_letter_summary()
+                for reason, count in sorted(summary.items()):
+                    print(f"{reason}\t{count}")
+                if not summary:
+                    print("no dead letters")
+        finally:
+            await stream.close()
+        return 0
+
+    result: int = _run(act())
+    return result
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -326,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="drop old event partitions and dedup rows")
     prune.add_argument("--keep-days", type=int, default=400)
     prune.set_defaults(func=cmd_prune)
+
+    dead = sub.add_parser("dead-letters", help="count dead-lettered entries by reason, or replay them")
+    dead.add_argument("--replay", action="store_true", help="move them back onto the stream (safe: dedup)")
+    dead.add_argument("--limit", type=int, default=1_000_000)
+    dead.set_defaults(func=cmd_dead_letters)
 
     dev = sub.add_parser("dev", help="run everything locally (what `make run` does)")
     dev.add_argument("--run-dir", default=".run")

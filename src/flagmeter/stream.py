@@ -203,6 +203,32 @@ class Stream:
             pipe.xdel(self.name, *[e.id for e in entries])
             await pipe.execute()
 
+    async def dead_letter_summary(self) -> dict[str, int]:
+        """Dead-lettered entries by reason."""
+        reasons: dict[str, int] = {}
+        last = "-"
+        while True:
+            batch = await self.client.xrange(self.dead_letter, min=last, count=1000)
+            batch = [(i, f) for i, f in batch if i != last]
+            if not batch:
+                return reasons
+            for _, fields in batch:
+                reason = fields.get(b"reason", b"unknown").decode()
+                reasons[reason] = reasons.get(reason, 0) + 1
+            last = batch[-1][0]
+
+    async def replay_dead_letters(self, count: int) -> int:
+        """Move up to `count` dead letters back onto the stream; dedup makes a replay safe."""
+        entries = await self.client.xrange(self.dead_letter, count=count)
+        if not entries:
+            return 0
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _, fields in entries:
+                pipe.xadd(self.name, {"e": fields[b"e"]})
+            pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
+            await pipe.execute()
+        return len(entries)
+
     async def backlog(self) -> Backlog:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.xlen(self.name)

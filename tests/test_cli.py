@@ -1,0 +1,93 @@
+"""The `flagmeter` command line against the real database and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import redis
+
+from conftest import Stack
+
+
+def flagmeter(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flagmeter.cli", *args],
+        env={**stack.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_command_has_help(stack: Stack) -> None:
+    for command in ("api", "worker", "migrate", "seed", "tenant", "prune", "dead-letters", "dev"):
+        done = flagmeter(stack, command, "--help")
+        assert done.returncode == 0 and "usage: flagmeter" in done.stdout
+
+
+def test_api_refuses_to_start_without_an_admin_token(stack: Stack) -> None:
+    env = {k: v for k, v in stack.env.items() if k != "FLAGMETER_ADMIN_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flagmeter.cli", "api"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 and "FLAGMETER_ADMIN_TOKEN" in done.stderr
+
+
+def test_tenant_create_list_and_key(stack: Stack) -> None:
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    created = flagmeter(
+        stack, "tenant", "create", "--id", tenant, "--name", "CLI Co", "--quota", "500", "--billing-day", "31"
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().rsplit(" ", 1)[-1]
+    assert key.startswith("fm_")
+    assert stack.request("GET", f"/v1/usage/{tenant}", token=key)[1]["quota"] == 500
+    assert f"{tenant}\tCLI Co\tquota=500\tbilling_day=31" in flagmeter(stack, "tenant", "list").stdout
+    second = flagmeter(stack, "tenant", "key", "--id", tenant)
+    assert second.returncode == 0 and second.stdout.strip().rsplit(" ", 1)[-1].startswith("fm_")
+    assert flagmeter(stack, "tenant", "create", "--id", tenant, "--quota", "1").returncode == 1
+    assert flagmeter(stack, "tenant", "create", "--id", "Not A Slug", "--quota", "1").returncode == 2
+    assert flagmeter(stack, "tenant", "key", "--id", "nobody-here").returncode == 1
+
+
+def test_seed_creates_three_demo_tenants_and_rotates_their_keys(stack: Stack) -> None:
+    first = dict(line.split("\t") for line in flagmeter(stack, "seed").stdout.splitlines())
+    second = dict(line.split("\t") for line in flagmeter(stack, "seed").stdout.splitlines())
+    assert set(first) == set(second) == {"acme", "globex", "initech"}
+    assert stack.request("GET", "/v1/usage/acme", token=second["acme"])[0] == 200
+    time.sleep(4.5)  # key cache lifetime
+    assert stack.request("GET", "/v1/usage/acme", token=first["acme"])[0] == 401
+
+
+def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    env = {"FLAGMETER_STREAM": stream}
+    tenant = f"late-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(stack.redis_url)
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    client.xadd(stream, {"e": f'["{tenant}","e1","chat",9,{now},{now}]'})  # tenant not created yet
+    worker, _ = stack.start_worker(**env)
+    try:
+        deadline = time.monotonic() + 20
+        while client.xlen(f"{stream}:dead") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert flagmeter(stack, "dead-letters", **env).stdout.strip() == "unknown_tenant\t1"
+        status, _, _ = stack.request(
+            "POST", "/v1/tenants", {"id": tenant, "name": "Late", "monthly_quota": 10}
+        )
+        assert status == 201
+        for _ in range(2):  # replaying twice still counts once
+            client.xadd(f"{stream}:dead", {"e": f'["{tenant}","e1","chat",9,{now},{now}]', "reason": "test"})
+            replay = flagmeter(stack, "dead-letters", "--replay", **env)
+            assert replay.returncode == 0 and "replayed" in replay.stdout
+        stack.wait_used(tenant, 9)
+        time.sleep(1)
+        assert stack.usage(tenant)["used"] == 9
+        assert client.xlen(f"{stream}:dead") == 0
+    finally:
+        worker.stop()
