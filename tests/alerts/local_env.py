@@ -8,7 +8,6 @@ is watching, with its own retry settings.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import sys
 import threading
@@ -21,11 +20,12 @@ from typing import Any
 
 import orjson
 import psycopg2
+import redis
 from aiohttp import web
 
 from flagmeter.localstack import free_port
 
-_REDIS_DBS = itertools.count(3)  # 0 is the session stack's
+REDIS_DATABASES = 16  # the server's default; 0 is the session stack's
 
 # Retries in a fraction of a second and a 1 s timeout, so an hour of backoff fits in a test.
 FAST_DELIVERY = {
@@ -59,7 +59,7 @@ class LocalEnv:
             cur.execute(f"CREATE DATABASE {name}")
         admin.close()
         database_url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
-        redis_url = stack.redis_url.rsplit("/", 1)[0] + f"/{next(_REDIS_DBS)}"
+        redis_url = stack.redis_url.rsplit("/", 1)[0] + f"/{_next_redis_db(stack.redis_url)}"
         overrides = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **FAST_DELIVERY, **env}
         subprocess.run(
             [sys.executable, "-m", "flagmeter.cli", "migrate"],
@@ -148,6 +148,15 @@ class LocalEnv:
     def stop(self) -> None:
         for process in self.processes:
             process.stop()
+
+
+def _next_redis_db(url: str) -> int:
+    """A Redis database no other environment of this session uses (the counter lives in db 0)."""
+    client = redis.Redis.from_url(url)
+    number = int(client.incr("flagmeter-tests:redis-databases"))
+    client.close()
+    assert number < REDIS_DATABASES, "more isolated environments than Redis databases"
+    return number
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,0 +1,8 @@
+"""Dashboard fixtures. The isolated environment helper is shared with the alert tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "alerts"))

@@ -1,0 +1,153 @@
+"""The dashboard over plain HTTP: who sees what, what the headers say, escaping, order and data."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+from local_env import wait_until
+
+ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
+
+
+def _get(
+    stack: Any, path: str, token: str | None = None, cookie: str | None = None
+) -> tuple[int, str, dict[str, str]]:
+    headers = {"Cookie": cookie} if cookie else {}
+    status, body, head = stack.request("GET", path, token=token, headers=headers)
+    return status, body if isinstance(body, str) else "", head
+
+
+def _login(stack: Any, token: str) -> tuple[int, dict[str, str]]:
+    form = urllib.parse.urlencode({"token": token}).encode()
+    request = urllib.request.Request(f"{stack.api_url}/login", data=form, method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+@pytest.mark.parametrize("path", ADMIN_ONLY)
+def test_without_credentials_only_the_login_page_is_served(stack: Any, path: str) -> None:
+    tenant, _ = stack.create_tenant()
+    status, body, _ = _get(stack, path, token=None)
+    assert status == 401
+    assert tenant not in body and 'class="tenant"' not in body
+    if path != "/dashboard/usage.json":
+        assert 'action="/login"' in body
+
+
+def test_a_tenant_key_is_not_the_admin(stack: Any) -> None:
+    _, key = stack.create_tenant()
+    status, body, _ = _get(stack, "/", token=key)
+    assert status == 401 and 'action="/login"' in body
+
+
+def test_login_sets_a_signed_httponly_strict_cookie_not_the_token(stack: Any) -> None:
+    status, headers = _login(stack, stack.admin_token)
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    value = cookie.split(";", 1)[0]
+    assert stack.admin_token not in value
+    assert _get(stack, "/", cookie=value)[0] == 200
+    tampered = value[:-1] + ("0" if value[-1] != "0" else "1")
+    assert _get(stack, "/", cookie=tampered)[0] == 401
+
+
+def test_a_wrong_token_is_refused_with_the_login_page(stack: Any) -> None:
+    status, headers = _login(stack, "not-the-admin-token")
+    assert status == 401 and "Set-Cookie" not in headers
+
+
+@pytest.mark.parametrize("path", ["/", "/login-page-when-anonymous"])
+def test_security_headers_forbid_framing_and_inline_script(stack: Any, path: str) -> None:
+    token = stack.admin_token if path == "/" else None
+    _, _, headers = _get(stack, "/", token=token)
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_pages_carry_no_inline_script_or_style(stack: Any) -> None:
+    _, body, _ = _get(stack, "/", token=stack.admin_token)
+    assert re.findall(r"<script(?![^>]*\bsrc=)", body) == []
+    assert " style=" not in body and "<style" not in body and " on" + "click=" not in body
+
+
+def test_tenant_names_render_as_text(stack: Any) -> None:
+    hostile = "<script>alert('x')</script> & <i id=pwn>"
+    tenant, _ = stack.create_tenant()
+    stack.request("PATCH", f"/v1/tenants/{tenant}", {"name": hostile})
+    for path in ("/", f"/tenants/{tenant}"):
+        _, body, _ = _get(stack, path, token=stack.admin_token)
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;i id=pwn&gt;" in body, path
+        assert "<script>alert" not in body and "<i id=pwn>" not in body, body
+
+
+def test_tenants_are_listed_by_percent_used_with_their_features(stack: Any) -> None:
+    low, _ = stack.create_tenant(quota=1000)
+    high, _ = stack.create_tenant(quota=1000)
+    for tenant, feature, tokens in ((low, "chat", 100), (high, "chat", 500), (high, "embed", 250)):
+        status, body, _ = stack.request(
+            "POST",
+            "/v1/events",
+            {"tenant": tenant, "feature": feature, "tokens": tokens, "id": f"{feature}-1"},
+        )
+        assert status == 202, body
+    stack.wait_used(high, 750)
+    stack.wait_used(low, 100)
+
+    status, data, _ = stack.request("GET", "/dashboard/usage.json")
+    assert status == 200
+    rows = {row["id"]: row for row in data["tenants"]}
+    percents = [row["percent"] for row in data["tenants"]]
+    assert percents == sorted(percents, reverse=True)
+    assert [row["id"] for row in data["tenants"]].index(high) < [row["id"] for row in data["tenants"]].index(
+        low
+    )
+    assert rows[high] | {"period_end": None} == rows[high] | {
+        "used": 750,
+        "quota": 1000,
+        "percent": 75.0,
+        "level": "level-amber",
+        "last_hour": 750,
+        "by_feature": [{"feature": "chat", "tokens": 500}, {"feature": "embed", "tokens": 250}],
+        "period_end": None,
+    }
+    _, html, _ = _get(stack, "/", token=stack.admin_token)
+    assert html.index(f'data-id="{high}"') < html.index(f'data-id="{low}"')
+    assert "<td>embed</td><td>250</td>" in html
+
+
+def test_the_tenant_page_charts_the_period_and_lists_alerts(stack: Any) -> None:
+    tenant, _ = stack.create_tenant(quota=100)
+    stack.request("POST", "/v1/events", {"tenant": tenant, "feature": "chat", "tokens": 90, "id": "e-1"})
+    stack.wait_used(tenant, 90)
+    wait_until(
+        lambda: len(stack.request("GET", f"/v1/tenants/{tenant}/alerts")[1]["alerts"]) == 1, 10, "alert"
+    )
+
+    status, body, _ = _get(stack, f"/tenants/{tenant}", token=stack.admin_token)
+    assert status == 200
+    assert '<svg class="chart"' in body and "<polyline" in body and "90 of 100" in body
+    assert "<td>80 %</td>" in body and "no target configured" in body
+    assert _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)[0] == 404
+
+
+def test_static_assets_are_served_with_their_types(stack: Any) -> None:
+    status, _, headers = stack.request("GET", "/static/dashboard.js", token=None)
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert stack.request("GET", "/static/../openapi.json", token=None)[0] == 404
