@@ -6,7 +6,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -17,6 +19,9 @@ from .errors import ApiError
 KEY_PREFIX = "fm_"
 KEY_TTL_S = 4.0  # revocation reaches every process within this
 TENANT_TTL_S = 2.0
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +46,49 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class Directory:
-    """Per-process caches of key → tenant and tenant rows, short-lived and stale-tolerant.
+class _ShortCache(Generic[K, V]):
+    """Entries live `ttl` seconds; when reloading fails because PostgreSQL is down, a stale hit is served."""
 
-    Entries expire after a few seconds (so revocation and quota changes spread to every
-    process); when PostgreSQL is down an expired entry is still used, so ingest goes on.
+    def __init__(self, ttl: float, limit: int = 100_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._entries: dict[K, tuple[V | None, float]] = {}
+
+    async def get(self, key: K, load: Callable[[K], Awaitable[V | None]]) -> V | None:
+        cached = self._entries.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            value = await load(key)
+        except StoreUnavailable:
+            if cached is not None and cached[0] is not None:
+                return cached[0]
+            raise
+        if len(self._entries) >= self.limit:
+            self._entries.clear()
+        self._entries[key] = (value, now + self.ttl)
+        return value
+
+    def forget(self, key: K | None = None) -> None:
+        if key is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+
+class Directory:
+    """Who a key belongs to and what a tenant looks like, cached per process for a few seconds.
+
+    Short lifetimes spread revocation and quota changes to every process; stale entries keep
+    ingest going while PostgreSQL is down.
     """
 
     def __init__(self, store: Store, admin_token: str) -> None:
         self.store = store
         self._admin = admin_token.encode()
-        self._keys: dict[str, tuple[str | None, float]] = {}
-        self._tenants: dict[str, tuple[Tenant | None, float]] = {}
+        self._keys: _ShortCache[str, str] = _ShortCache(KEY_TTL_S)
+        self._tenants: _ShortCache[str, Tenant] = _ShortCache(TENANT_TTL_S)
 
     async def principal(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
@@ -65,7 +101,7 @@ class Directory:
         if hmac.compare_digest(token.encode(), self._admin):
             return Principal(None)
         if token.startswith(KEY_PREFIX):
-            tenant = await self._tenant_for_key(hash_key(token))
+            tenant = await self._keys.get(hash_key(token), self.store.tenant_for_key)
             if tenant is not None:
                 logs.tenant.set(tenant)
                 return Principal(tenant)
@@ -79,43 +115,14 @@ class Directory:
     def is_admin_token(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self._admin)
 
-    async def _tenant_for_key(self, key_hash: str) -> str | None:
-        cached = self._keys.get(key_hash)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        try:
-            tenant = await self.store.tenant_for_key(key_hash)
-        except StoreUnavailable:
-            if cached is not None and cached[0] is not None:
-                return cached[0]
-            raise
-        if len(self._keys) > 100_000:
-            self._keys.clear()
-        self._keys[key_hash] = (tenant, now + KEY_TTL_S)
-        return tenant
-
     async def tenant(self, tenant_id: str) -> Tenant | None:
-        cached = self._tenants.get(tenant_id)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        try:
-            tenant = await self.store.get_tenant(tenant_id)
-        except StoreUnavailable:
-            if cached is not None and cached[0] is not None:
-                return cached[0]
-            raise
-        if len(self._tenants) > 100_000:
-            self._tenants.clear()
-        self._tenants[tenant_id] = (tenant, now + TENANT_TTL_S)
-        return tenant
+        return await self._tenants.get(tenant_id, self.store.get_tenant)
 
     def forget_tenant(self, tenant_id: str) -> None:
-        self._tenants.pop(tenant_id, None)
+        self._tenants.forget(tenant_id)
 
     def forget_keys(self) -> None:
-        self._keys.clear()
+        self._keys.forget()
 
 
 def require_admin(principal: Principal) -> None:
