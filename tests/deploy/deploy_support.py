@@ -6,10 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shlex
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -25,6 +33,7 @@ SOURCE_LABEL = "org.flagmeter.source-hash"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # pip settings that still mean something inside a build container; local paths (find-links, constraint
 # files, file:// indexes, the cert path) do not, and the CA bundle goes in as its own secret.
+ARTIFACTS = REPO / "tests/artifacts"
 PORTABLE_PIP_KEYS = {"index-url", "extra-index-url", "trusted-host", "timeout", "default-timeout", "retries"}
 
 
@@ -95,12 +104,15 @@ def build_app_image(tmp: Path) -> subprocess.CompletedProcess[str]:
     return run(*args, str(REPO), env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=1200)
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
 def compose_env(**extra: str) -> dict[str, str]:
     """Environment for `docker compose` with throwaway secrets, on top of compose/.env.example."""
     return {
         **os.environ,
         "POSTGRES_PASSWORD": "test-pg-password",
-        "FLAGMETER_ADMIN_TOKEN": "test-admin-token",
+        "FLAGMETER_ADMIN_TOKEN": ADMIN_TOKEN,
         "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
         **extra,
     }
@@ -144,3 +156,81 @@ def memory_limits(compose_file: str) -> list[MemoryLimit]:
         replicas = service.get("deploy", {}).get("replicas", 1)
         limits.append(MemoryLimit(compose_file, name, int(service["mem_limit"]), int(replicas)))
     return limits
+
+
+@dataclass
+class Stack:
+    project: str
+    env: dict[str, str]
+    base_url: str
+
+    files: tuple[str, ...]
+
+    def compose(self, *args: str, check: bool = True) -> str:
+        return compose("-p", self.project, *args, files=self.files, env=self.env, check=check).stdout
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.base_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def sql(self, query: str) -> str:
+        return self.compose(
+            "exec", "-T", "postgres", "psql", "-U", "flagmeter", "-d", "flagmeter", "-At", "-c", query
+        ).strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextmanager
+def running_stack(files: tuple[str, ...], workdir: Path, **extra_env: str) -> Iterator[Stack]:
+    """The compose stack of `files` under a unique project name, with the local postgres/valkey images,
+    PostgreSQL data under `workdir`, the API on a free 127.0.0.1 port; ready on entry, removed on exit
+    (its logs kept in tests/artifacts/)."""
+    project = f"fmdeploy{secrets.token_hex(4)}"
+    port = free_port()
+    pg_data = workdir / "flagmeter-pg"
+    pg_data.mkdir()
+    pg_data.chmod(0o755)  # as a freshly mounted volume's root: the postgres user must traverse it
+    env = compose_env(
+        FLAGMETER_POSTGRES_IMAGE=POSTGRES_IMAGE,
+        FLAGMETER_VALKEY_IMAGE=VALKEY_IMAGE,
+        FLAGMETER_IMAGE=APP_IMAGE,
+        FLAGMETER_PG_DATA_DIR=str(pg_data),
+        FLAGMETER_NETWORK=project,
+        FLAGMETER_API_PORTS=str(port),
+        **extra_env,
+    )
+    stack = Stack(project, env, f"http://127.0.0.1:{port}", files)
+    try:
+        stack.compose("up", "-d", "--no-build", "--quiet-pull")
+        wait_until("GET /ready = 200", lambda: stack.call("GET", "/ready")[0] == 200, 180)
+        yield stack
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / f"{project}.log").write_text(stack.compose("logs", "--no-color", check=False))
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)

@@ -6,106 +6,28 @@ event."""
 from __future__ import annotations
 
 import json
-import secrets
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import POSTGRES_IMAGE, VALKEY_IMAGE, compose, compose_env, run
+from deploy_support import APP_IMAGE, PRODUCTION_FILE, Stack, run, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-ADMIN_TOKEN = compose_env()["FLAGMETER_ADMIN_TOKEN"]
 TENANT = "deploy-e2e"
 BATCH = 100
 LOADERS = 3
 FEATURES = ("chat", "embed", "rerank")
 
 
-@dataclass
-class Stack:
-    project: str
-    env: dict[str, str]
-    base_url: str
-
-    def compose(self, *args: str, check: bool = True) -> str:
-        return compose("-p", self.project, *args, env=self.env, check=check).stdout
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.base_url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def sql(self, query: str) -> str:
-        return self.compose(
-            "exec", "-T", "postgres", "psql", "-U", "flagmeter", "-d", "flagmeter", "-At", "-c", query
-        ).strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(what: str, check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
-def deployed(
-    app_image: str,
-    local_images: None,
-    tmp_path_factory: pytest.TempPathFactory,
-    request: pytest.FixtureRequest,
-) -> Iterator[Stack]:
-    project = f"fmdeploy{secrets.token_hex(4)}"
-    port = free_port()
-    pg_data: Path = tmp_path_factory.mktemp("flagmeter-pg")
-    pg_data.chmod(0o755)  # as a freshly mounted volume's root: the postgres user must traverse it
-    env = compose_env(
-        FLAGMETER_POSTGRES_IMAGE=POSTGRES_IMAGE,
-        FLAGMETER_VALKEY_IMAGE=VALKEY_IMAGE,
-        FLAGMETER_PG_DATA_DIR=str(pg_data),
-        FLAGMETER_NETWORK=project,
-        FLAGMETER_API_PORTS=str(port),
-        FLAGMETER_IMAGE=app_image,
-    )
-    running = Stack(project, env, f"http://127.0.0.1:{port}")
-    failed_before = request.session.testsfailed
-    try:
-        running.compose("up", "-d", "--no-build", "--quiet-pull")
-        wait_until("GET /ready = 200", lambda: running.call("GET", "/ready")[0] == 200, 180)
-        yield running
-    finally:
-        if request.session.testsfailed != failed_before:
-            logs = running.compose("logs", "--no-color", "--tail", "60", check=False)
-            print(f"\n--- last logs of {project}\n{logs[-6000:]}")
-        running.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+def deployed(app_image: str, local_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack((PRODUCTION_FILE,), tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @dataclass
@@ -193,6 +115,17 @@ def crash_worker(stack: Stack) -> None:
 def test_api_is_published_on_loopback_only(deployed: Stack) -> None:
     published = deployed.compose("port", "api", "8080").strip()
     assert published.startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_the_image_healthcheck_passes_in_api_and_worker(deployed: Stack, service: str) -> None:
+    # The compose file has its own checks; the image's (used where no compose file sets one, e.g. plain
+    # `docker run`) finds the role from PID 1's command line and must hold for both roles.
+    test = json.loads(
+        run("docker", "image", "inspect", "-f", "{{json .Config.Healthcheck.Test}}", APP_IMAGE).stdout
+    )
+    assert test[0] == "CMD"
+    deployed.compose("exec", "-T", service, *test[1:])
 
 
 def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(deployed: Stack) -> None:
