@@ -118,7 +118,7 @@ def _supervise(processes: int, serve: Callable[[], None]) -> int:
         except ChildProcessError:
             break
         children.discard(pid)
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         if not stopping:
             log.error("api process died; restarting", extra={"pid": pid, "status": status})
             spawn()

@@ -559,7 +559,7 @@ SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenan
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("flagmeter") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 
 

@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as redis
@@ -86,7 +87,7 @@ def consumer_name() -> str:
 
 class Stream:
     def __init__(self, client: redis.Redis, stream: str, group: str, dead_letter: str) -> None:
-        self.client = client
+        self.client: Any = client  # redis-py's asyncio stubs type replies too loosely to help
         self.name = stream
         self.group = group
         self.dead_letter = dead_letter

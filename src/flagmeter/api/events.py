@@ -33,7 +33,7 @@ async def post_events(request: web.Request) -> web.Response:
     existing = await _existing_tenants(app, items, principal.tenant)
     now_ms = int(time.time() * 1000)
     accepted = []
-    rejected = []
+    rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(items):
         try:
             accepted.append(

@@ -110,7 +110,7 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 
 async def _known_tenant(request: web.Request) -> Tenant:
-    tenant = await request.app["store"].get_tenant(request.match_info["tenant"])
+    tenant: Tenant | None = await request.app["store"].get_tenant(request.match_info["tenant"])
     if tenant is None:
         raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
     return tenant

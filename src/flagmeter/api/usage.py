@@ -25,7 +25,7 @@ async def readable_tenant(request: web.Request) -> Tenant:
     tenant_id = request.match_info["tenant"]
     if not principal.may_read(tenant_id):
         raise ApiError(403, "forbidden", "this key may only read its own tenant")
-    tenant = await request.app["directory"].tenant(tenant_id)
+    tenant: Tenant | None = await request.app["directory"].tenant(tenant_id)
     if tenant is None:
         raise ApiError(404, "unknown_tenant", f"tenant {tenant_id!r} does not exist")
     return tenant
