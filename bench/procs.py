@@ -98,28 +98,36 @@ class RoleUsage:
 
 @dataclass
 class ResourceSampler:
-    """Samples every role's summed RSS every `interval_s` in a thread; CPU is taken at start and stop."""
+    """Samples every role's processes every `interval_s` in a thread: summed memory, and CPU time.
+
+    CPU is the growth of each process's CPU time from the first to the last time it was seen, so a
+    process that starts during the window counts from zero and one that ends keeps what it used up to
+    the last sample before its end.
+    """
 
     roles: dict[str, int]
     interval_s: float = 0.2
     usage: dict[str, RoleUsage] = field(default_factory=dict)
     peak_service_rss_bytes: int = 0  # api + worker together, at the same instant
     machine_busy_s: float = 0.0  # every core, every process: shows what else ran meanwhile
-    _cpu_start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _cpu_first: dict[str, dict[int, float]] = field(default_factory=dict)
+    _cpu_last: dict[str, dict[int, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-
-    def _cpu_by_pid(self, role: str) -> dict[int, float]:
-        return {pid: _cpu_seconds(pid) for pid in process_tree(self.roles[role])}
 
     def _sample(self) -> None:
         rss: dict[str, int] = {}
         for role, root in self.roles.items():
-            sizes = [_memory_bytes(pid) for pid in process_tree(root)]
+            alive = [pid for pid in process_tree(root) if Path(f"/proc/{pid}").exists()]
+            sizes = [_memory_bytes(pid) for pid in alive]
             rss[role] = sum(size[0] for size in sizes)
             usage = self.usage[role]
             usage.peak_rss_bytes = max(usage.peak_rss_bytes, rss[role])
             usage.peak_pss_bytes = max(usage.peak_pss_bytes, sum(size[1] for size in sizes))
+            for pid in alive:
+                cpu = _cpu_seconds(pid)
+                self._cpu_first[role].setdefault(pid, cpu)
+                self._cpu_last[role][pid] = max(cpu, self._cpu_last[role].get(pid, 0.0))
         service = rss.get("api", 0) + rss.get("worker", 0)
         self.peak_service_rss_bytes = max(self.peak_service_rss_bytes, service)
 
@@ -129,8 +137,9 @@ class ResourceSampler:
 
     def __enter__(self) -> ResourceSampler:
         self.usage = {role: RoleUsage() for role in self.roles}
+        self._cpu_first = {role: {} for role in self.roles}
+        self._cpu_last = {role: {} for role in self.roles}
         self.machine_busy_s = -machine_busy_seconds()
-        self._cpu_start = {role: self._cpu_by_pid(role) for role in self.roles}
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
         self._thread.start()
@@ -143,7 +152,5 @@ class ResourceSampler:
         self._sample()
         self.machine_busy_s += machine_busy_seconds()
         for role in self.roles:
-            # Processes that started during the step count from zero; ones that ended are lost (rare).
-            end = self._cpu_by_pid(role)
-            start = self._cpu_start[role]
-            self.usage[role].cpu_seconds = sum(cpu - start.get(pid, 0.0) for pid, cpu in end.items())
+            first, last = self._cpu_first[role], self._cpu_last[role]
+            self.usage[role].cpu_seconds = sum(last[pid] - first[pid] for pid in last)

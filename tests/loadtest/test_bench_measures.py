@@ -1,0 +1,87 @@
+"""The benchmark harness's own measuring: percentiles, process-tree CPU and memory, py-spy hotspots.
+
+bench/run.py's numbers are only as good as these pieces, so they are checked against real processes and
+known inputs (the harness itself is run by `make bench`, never by the test suite: it takes minutes).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.lag import percentile  # noqa: E402
+from bench.procs import ResourceSampler, process_tree  # noqa: E402
+from bench.pyspy import hotspots  # noqa: E402
+
+BURN_CPU = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+HOLD_MEMORY = (
+    "import time\nblock = bytearray({size})\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(30)\n"
+)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = [float(n) for n in range(1, 101)]
+    assert percentile(samples, 50) == 50.0
+    assert percentile(samples, 99) == 99.0
+    assert percentile(samples, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 99) is None
+
+
+def test_process_tree_follows_grandchildren() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '20'])"],
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = process_tree(parent.pid)
+        assert tree[0] == parent.pid
+        assert len(tree) == 2
+    finally:
+        for pid in process_tree(parent.pid)[::-1]:
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.wait(10)
+
+
+def test_sampler_charges_a_roles_cpu_and_peak_memory_to_it() -> None:
+    size = 64 * 1024 * 1024
+    burner = subprocess.Popen([sys.executable, "-c", BURN_CPU.format(seconds=0.6)])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_MEMORY.format(size=size)])
+    try:
+        with ResourceSampler({"burner": burner.pid, "holder": holder.pid}, interval_s=0.05) as sampler:
+            burner.wait(20)
+            time.sleep(0.5)  # the holder has touched its pages by now
+        burner_usage, holder_usage = sampler.usage["burner"], sampler.usage["holder"]
+        assert 0.4 <= burner_usage.cpu_seconds <= 1.5
+        assert holder_usage.cpu_seconds < burner_usage.cpu_seconds
+        assert holder_usage.peak_rss_bytes >= size
+        assert holder_usage.peak_pss_bytes >= size * 0.9
+        assert sampler.machine_busy_s >= burner_usage.cpu_seconds * 0.9
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_hotspots_split_self_and_inclusive_time(tmp_path: Path) -> None:
+    collapsed = tmp_path / "api.txt"
+    collapsed.write_text(
+        "process 11:python;main (app.py:3);handle (app.py:10);parse (json.py:5) 60\n"
+        "process 12:python;main (app.py:3);handle (app.py:12);send (net.py:7) 30\n"
+        "process 11:python;main (app.py:3) 10\n"
+    )
+
+    spots = hotspots(collapsed)
+
+    assert spots.samples == 100
+    assert spots.self_pct[:3] == [("parse (json.py)", 60.0), ("send (net.py)", 30.0), ("main (app.py)", 10.0)]
+    inclusive = dict(spots.inclusive_pct)
+    assert inclusive["main (app.py)"] == 100.0
+    assert inclusive["handle (app.py)"] == 90.0  # two lines of one function are one frame
+    assert not any(name.startswith("process ") for name in inclusive)
