@@ -119,7 +119,12 @@ def _secure_cookie(request: web.Request) -> bool:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise ApiError(415, "unsupported_media_type", "send the login form as application/x-www-form-urlencoded")
+    try:
+        form = await request.post()
+    except ValueError:
+        raise ApiError(400, "invalid_form", "the login form could not be read") from None
     token = form.get("token")
     if not isinstance(token, str) or not token or not request.app["directory"].is_admin_token(token):
         return _login_page("That is not the admin token.")
