@@ -268,13 +268,15 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             key_id, key, key_hash = new_key()
             await store.create_key(args.id, key_id, key_hash)
             print(f"key {key_id}: {key}")
+        elif args.action == "thresholds":  # alert thresholds (issue 3)
+            return await _thresholds(store, args.id, args.thresholds)
         return 0
 
     if args.action == "create" and not (args.id and args.quota is not None):
         print("flagmeter: tenant create needs --id and --quota", file=sys.stderr)
         return 2
-    if args.action == "key" and not args.id:
-        print("flagmeter: tenant key needs --id", file=sys.stderr)
+    if args.action in {"key", "thresholds"} and not args.id:
+        print(f"flagmeter: tenant {args.action} needs --id", file=sys.stderr)
         return 2
     if args.id is not None and not TENANT_ID.fullmatch(args.id):
         print("flagmeter: --id must be a slug [a-z0-9][a-z0-9-]{0,62}", file=sys.stderr)
@@ -284,6 +286,27 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         return 2
     result: int = _run(_with_store(act))
     return result
+
+
+async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
+    """Show or set a tenant's alert thresholds."""
+    from .alerts import validate_thresholds
+
+    if raw is not None:
+        try:
+            chosen = validate_thresholds([int(part) for part in raw.split(",") if part.strip()])
+        except ValueError as error:
+            print(f"flagmeter: --thresholds: {error}", file=sys.stderr)
+            return 2
+        if not await store.update_alert_settings(tenant_id, chosen, None, False):
+            print(f"flagmeter: unknown tenant {tenant_id!r}", file=sys.stderr)
+            return 1
+    current = (await store.alert_settings([tenant_id])).get(tenant_id)
+    if current is None:
+        print(f"flagmeter: unknown tenant {tenant_id!r}", file=sys.stderr)
+        return 1
+    print(f"{tenant_id}\tthresholds={','.join(map(str, current.thresholds)) or 'none'}")
+    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -356,12 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_seed
     )
 
-    tenant = sub.add_parser("tenant", help="manage tenants: create | list | key")
-    tenant.add_argument("action", choices=["create", "list", "key"])
+    tenant = sub.add_parser("tenant", help="manage tenants: create | list | key | thresholds")
+    tenant.add_argument("action", choices=["create", "list", "key", "thresholds"])
     tenant.add_argument("--id", help="tenant id (slug)")
     tenant.add_argument("--name", help="display name")
     tenant.add_argument("--quota", type=int, help="monthly token quota")
     tenant.add_argument("--billing-day", type=int, default=1, choices=range(1, 32), metavar="1..31")
+    tenant.add_argument(
+        "--thresholds", help="alert thresholds in percent, e.g. 50,80,100 ('' for none); omit to show them"
+    )
     tenant.set_defaults(func=cmd_tenant)
 
     prune = sub.add_parser("prune", help="drop old event partitions and dedup rows")
