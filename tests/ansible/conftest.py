@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -69,6 +70,32 @@ def fresh_host_image(docker_engine: None) -> str:
 def docker_host_image(docker_engine: None) -> str:
     """The same image with Docker preinstalled, for roles that only need Docker to be there."""
     return _host_image("docker")
+
+
+@pytest.fixture(scope="session")
+def stack_images_archive(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`docker save` of flagmeter:local and the stand-in postgres/valkey images, for the inner Docker.
+
+    The images come from the deploy bundle's builders (tests/images/build.sh, tests/deploy/deploy_support.py);
+    the archive is named after the images' ids, so it is rewritten only when one of them changed."""
+    sys.path.insert(0, str(REPO / "tests" / "deploy"))
+    import deploy_support as deploy  # noqa: PLC0415 - lives beside the deploy tests
+
+    run(["sh", str(REPO / ".ci" / "compose-plugin.sh")], timeout=300)
+    run(["bash", str(REPO / "tests" / "images" / "build.sh")], timeout=900)
+    label = f'{{{{index .Config.Labels "{deploy.SOURCE_LABEL}"}}}}'
+    built = subprocess.run(["docker", "image", "inspect", "-f", label, deploy.APP_IMAGE],
+                           text=True, capture_output=True, check=False).stdout.strip()
+    if built != deploy.source_hash(deploy.BASE_IMAGE):
+        deploy.build_app_image(tmp_path_factory.mktemp("build"))
+    images = [deploy.APP_IMAGE, deploy.POSTGRES_IMAGE, deploy.VALKEY_IMAGE]
+    ids = run(["docker", "image", "inspect", "-f", "{{.Id}}", *images]).stdout
+    archive = REPO / ".run" / f"stack-images-{hashlib.sha256(ids.encode()).hexdigest()[:12]}.tar"
+    if not archive.exists():
+        partial = archive.with_suffix(".partial")
+        run(["docker", "save", "-o", str(partial), *images], timeout=600)
+        partial.rename(archive)
+    return str(archive)
 
 
 @pytest.fixture

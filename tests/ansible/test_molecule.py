@@ -31,14 +31,23 @@ def test_role_converges_idempotently_on_a_fresh_host(
     molecule_test(f"roles/{role}", "default", ansible_env, fresh_host_image, hetzner_volumes)
 
 
-@pytest.mark.parametrize("role", ["coolify", "observability", "flagmeter"])
+@pytest.mark.parametrize("role", ["coolify", "observability"])
 def test_role_converges_idempotently_on_a_docker_host(
     role: str, ansible_env: dict[str, str], docker_host_image: str, hetzner_volumes: dict[str, str]
 ) -> None:
     molecule_test(f"roles/{role}", "default", ansible_env, docker_host_image, hetzner_volumes)
 
 
-def test_site_playbook_provisions_a_fresh_host_end_to_end(
-    ansible_env: dict[str, str], fresh_host_image: str, hetzner_volumes: dict[str, str]
+def test_flagmeter_role_deploys_the_stack_until_ready(
+    ansible_env: dict[str, str], docker_host_image: str, hetzner_volumes: dict[str, str], stack_images_archive: str
 ) -> None:
-    molecule_test("playbooks", "site", ansible_env, fresh_host_image, hetzner_volumes)
+    volumes = {**hetzner_volumes, "FLAGMETER_STACK_IMAGES_ARCHIVE": stack_images_archive}
+    molecule_test("roles/flagmeter", "default", ansible_env, docker_host_image, volumes)
+
+
+def test_site_playbook_provisions_a_fresh_host_end_to_end(
+    ansible_env: dict[str, str], fresh_host_image: str, hetzner_volumes: dict[str, str], stack_images_archive: str
+) -> None:
+    """Ends with /ready answering 200 inside the host and an event posted and counted (verify.yml)."""
+    volumes = {**hetzner_volumes, "FLAGMETER_STACK_IMAGES_ARCHIVE": stack_images_archive}
+    molecule_test("playbooks", "site", ansible_env, fresh_host_image, volumes)

@@ -21,7 +21,7 @@ fi
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
 
 # What the roles install; cached as .debs, not installed (except for "docker").
-cached="docker.io docker-compose containerd runc tini iptables nftables fail2ban python3-systemd
+cached="docker.io docker-cli docker-compose containerd runc tini iptables nftables fail2ban python3-systemd
  unattended-upgrades apt-listchanges systemd-timesyncd openssh-server e2fsprogs curl ca-certificates
  python3-yaml python3-requests"
 base="systemd,systemd-sysv,python3,python3-apt,dbus,procps,iproute2,util-linux,mount,kmod,sudo"
@@ -47,7 +47,7 @@ if [ "$variant" = docker ]; then
   # policy-rc.d keeps services from starting inside the chroot.
   printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
   chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    docker.io docker-compose iptables ca-certificates python3-yaml >&2
+    docker.io docker-cli docker-compose iptables ca-certificates python3-yaml >&2
   rm -f "$root/usr/sbin/policy-rc.d"
 fi
 umount "$root/proc"
