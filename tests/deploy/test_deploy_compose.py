@@ -26,7 +26,8 @@ SECRETS = ("POSTGRES_PASSWORD", "FLAGMETER_ADMIN_TOKEN")
 
 
 def resolved(*files: str) -> dict[str, Any]:
-    return json.loads(compose("config", "--format", "json", files=files).stdout)
+    config: dict[str, Any] = json.loads(compose("config", "--format", "json", files=files).stdout)
+    return config
 
 
 @pytest.mark.parametrize("files", COMBINATIONS, ids=lambda files: "+".join(Path(f).name for f in files))

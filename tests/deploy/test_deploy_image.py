@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 from deploy_support import BASE_IMAGE, REPO, run
@@ -26,8 +27,9 @@ def in_image(image: str, script: str) -> str:
     return run("docker", "run", "--rm", "--entrypoint", "/bin/sh", image, "-c", script).stdout
 
 
-def inspect(image: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(run("docker", "image", "inspect", image).stdout)[0]
+def inspect(image: str) -> dict[str, Any]:
+    details: dict[str, Any] = json.loads(run("docker", "image", "inspect", image).stdout)[0]
+    return details
 
 
 def test_image_runs_flagmeter_as_a_non_root_user(app_image: str) -> None:

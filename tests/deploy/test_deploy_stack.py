@@ -134,7 +134,8 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
     )
     assert status == 201, body
 
-    ledger, stop, errors = Ledger(), threading.Event(), []
+    ledger, stop = Ledger(), threading.Event()
+    errors: list[BaseException] = []
     loaders = [
         threading.Thread(target=load, args=(deployed, ledger, n, stop, errors), daemon=True)
         for n in range(LOADERS)
@@ -156,7 +157,8 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
     expected = ledger.by_feature()
 
     def counted() -> bool:
-        return deployed.call("GET", f"/v1/usage/{TENANT}")[1]["used"] >= sum(expected.values())
+        used: int = deployed.call("GET", f"/v1/usage/{TENANT}")[1]["used"]
+        return used >= sum(expected.values())
 
     wait_until("every accepted event counted", counted, 150)
     time.sleep(2)  # anything still pending would now show up as an over-count
