@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import random
 from datetime import UTC, datetime
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -53,8 +54,7 @@ def test_more_usage_never_uncrosses_a_threshold(used: int, quota: int, chosen: l
 def test_crossed_means_used_at_or_over_the_share(used: int, quota: int, chosen: list[int]) -> None:
     crossed = crossed_thresholds(used, quota, chosen)
     assert crossed == sorted(set(crossed))
-    for t in set(chosen):
-        assert (t in crossed) == (used / quota * 100 >= t - 1e-9 and used * 100 >= t * quota)
+    assert set(crossed) == {t for t in chosen if Fraction(used, quota) * 100 >= t}
 
 
 @pytest.mark.parametrize("bad", [[0], [1001], [80.5], "80", [True], list(range(1, 12))])
