@@ -91,3 +91,23 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
         assert client.xlen(f"{stream}:dead") == 0
     finally:
         worker.stop()
+
+
+def test_prune_drops_old_month_partitions_and_expired_dedup_rows(stack: Stack) -> None:
+    stack.sql(
+        "CREATE TABLE IF NOT EXISTS events_2020_01 PARTITION OF events"
+        " FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-02-01 00:00+00')"
+    )
+    stale = f"stale-{uuid.uuid4().hex[:8]}"
+    stack.sql(
+        "INSERT INTO event_ids (tenant_id, event_id, received_at) VALUES"
+        " (%s, 'old', now() - interval '41 days'), (%s, 'recent', now() - interval '39 days')",
+        (stale, stale),
+    )
+    done = flagmeter(stack, "prune", "--keep-days", "400")
+    assert done.returncode == 0, done.stderr
+    assert "events_2020_01" in done.stdout
+    assert stack.sql("SELECT to_regclass('events_2020_01')") == [(None,)]
+    assert stack.sql("SELECT event_id FROM event_ids WHERE tenant_id = %s", (stale,)) == [("recent",)]
+    current = stack.sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")[0][0]
+    assert current >= 6  # this month's neighbours are untouched
