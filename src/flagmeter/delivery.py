@@ -199,6 +199,7 @@ class Courier:
         """One attempt for one leased row, recorded whatever happens."""
         started = time.perf_counter()
         url = job.url or (self.settings.slack_webhook_url if job.target == "slack" else None)
+        attempt_id = await self.store.start_attempt(job, _endpoint(url) if url else "-")
         status: int | None = None
         retry_after: float | None = None
         error: str | None
@@ -234,7 +235,7 @@ class Courier:
                 outcome, error = "failed", f"{error}; gave up after {job.attempts + 1} attempts"
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         attempt = AttemptRecord(_endpoint(url) if url else "-", status, outcome, error, elapsed_ms)
-        await self.store.record_attempt(job, attempt, retry_in)
+        await self.store.record_attempt(job, attempt_id, attempt, retry_in)
         metrics.alert_deliveries.labels(job.target, outcome).inc()
         extra: dict[str, Any] = {
             "tenant": job.alert.tenant_id,

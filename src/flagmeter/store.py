@@ -417,22 +417,37 @@ class Store:
             for row in rows
         ]
 
-    async def record_attempt(
-        self, job: DeliveryJob, attempt: AttemptRecord, retry_in_s: float | None
-    ) -> None:
-        """Record one attempt and move the outbox row on: delivered, failed, or due again later."""
-        status = {"delivered": "delivered", "failed": "failed"}.get(attempt.outcome, "pending")
-        if status == "pending" and retry_in_s is None:
-            status = "failed"  # attempts used up
+    async def start_attempt(self, job: DeliveryJob, endpoint: str) -> int:
+        """Note an attempt before sending, so one cut short by a crash still shows (as interrupted)."""
         async with self._cursor(transaction=True) as cur:
             await cur.execute(
-                "INSERT INTO alert_attempts (delivery_id, endpoint, http_status, outcome, error, duration_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (job.id, attempt.endpoint, attempt.http_status, attempt.outcome, attempt.error,
-                 attempt.duration_ms),
+                "UPDATE alert_attempts SET outcome = 'interrupted',"
+                " error = 'the worker stopped before recording an answer'"
+                " WHERE delivery_id = %s AND outcome = 'in_flight'",
+                (job.id,),
             )
             await cur.execute(
-                "UPDATE alert_deliveries SET attempts = attempts + 1, status = %s, leased_until = NULL,"
+                "INSERT INTO alert_attempts (delivery_id, endpoint, outcome, duration_ms)"
+                " VALUES (%s, %s, 'in_flight', 0) RETURNING id",
+                (job.id, endpoint),
+            )
+            (attempt_id,) = await cur.fetchone()
+            await cur.execute("UPDATE alert_deliveries SET attempts = attempts + 1 WHERE id = %s", (job.id,))
+        return int(attempt_id)
+
+    async def record_attempt(
+        self, job: DeliveryJob, attempt_id: int, attempt: AttemptRecord, retry_in_s: float | None
+    ) -> None:
+        """Record how an attempt ended and move the outbox row on: delivered, failed, or due later."""
+        status = attempt.outcome if attempt.outcome in {"delivered", "failed"} else "pending"
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(
+                "UPDATE alert_attempts SET http_status = %s, outcome = %s, error = %s, duration_ms = %s"
+                " WHERE id = %s",
+                (attempt.http_status, attempt.outcome, attempt.error, attempt.duration_ms, attempt_id),
+            )
+            await cur.execute(
+                "UPDATE alert_deliveries SET status = %s, leased_until = NULL,"
                 " last_error = %s, next_attempt_at = now() + make_interval(secs => %s),"
                 " finished_at = CASE WHEN %s = 'pending' THEN NULL ELSE now() END"
                 " WHERE id = %s AND status = 'pending'",
@@ -617,7 +632,7 @@ class DeliveryJob:
 class AttemptRecord:
     endpoint: str
     http_status: int | None
-    outcome: str  # delivered | retry | failed
+    outcome: str  # delivered | retry | failed | in_flight | interrupted
     error: str | None
     duration_ms: int
     attempted_at: datetime | None = None

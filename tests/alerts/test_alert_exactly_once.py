@@ -56,8 +56,9 @@ def test_worker_killed_after_commit_mid_delivery_is_delivered_by_another_once(
         (first,) = receiver.wait(f"/hook/{tenant}", 1)
         assert env.sql("SELECT count(*) FROM alerts WHERE tenant_id = %s", (tenant,)) == [(1,)]
 
-        victim.stop(signal.SIGKILL)  # committed, leased, request in flight: nothing recorded
-        assert env.sql("SELECT status, attempts FROM alert_deliveries") == [("pending", 0)]
+        victim.stop(signal.SIGKILL)  # committed, leased, request in flight, no answer recorded
+        assert env.sql("SELECT status, attempts FROM alert_deliveries") == [("pending", 1)]
+        assert env.sql("SELECT outcome FROM alert_attempts") == [("in_flight",)]
         env.start_worker()  # takes the row once the dead worker's lease runs out
         hooks = receiver.wait(f"/hook/{tenant}", 2, timeout=30)
         wait_until(
@@ -73,7 +74,10 @@ def test_worker_killed_after_commit_mid_delivery_is_delivered_by_another_once(
             first.headers["webhook-id"]
         }  # receivers can dedupe
         assert env.sql("SELECT count(*) FROM alerts") == [(1,)]
-        assert env.sql("SELECT outcome, http_status FROM alert_attempts") == [("delivered", 200)]
+        assert env.sql("SELECT outcome, http_status FROM alert_attempts ORDER BY id") == [
+            ("interrupted", None),
+            ("delivered", 200),
+        ]
     finally:
         receiver.release()
         env.stop()

@@ -120,7 +120,7 @@ def _secure_cookie(request: web.Request) -> bool:
 
 async def login(request: web.Request) -> web.StreamResponse:
     if request.content_type != "application/x-www-form-urlencoded":
-        raise ApiError(415, "unsupported_media_type", "send the login form as application/x-www-form-urlencoded")
+        raise ApiError(415, "unsupported_media_type", "send the form as application/x-www-form-urlencoded")
     try:
         form = await request.post()
     except ValueError:

@@ -47,7 +47,7 @@ CREATE TABLE alert_attempts (
     attempted_at  timestamptz NOT NULL DEFAULT now(),
     endpoint      text NOT NULL,           -- scheme://host:port only; Slack URLs embed a secret
     http_status   integer,
-    outcome       text NOT NULL,           -- delivered | retry | failed
+    outcome       text NOT NULL,           -- delivered | retry | failed | in_flight | interrupted
     error         text,
     duration_ms   integer NOT NULL
 );
