@@ -137,6 +137,7 @@ def test_the_dashboard_fits_a_phone(demo: LocalEnv, browser: Any) -> None:
     page.goto(f"{demo.api_url}/")
     assert page.locator("li.tenant").count() == 3
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=str(ARTIFACT.with_name("dashboard-phone.png")), full_page=True)
     context.close()
 
 
@@ -150,4 +151,5 @@ def test_the_tenant_page_draws_the_period_chart(demo: LocalEnv, browser: Any) ->
     assert chart.count() == 1
     assert len(chart.get_attribute("points").split()) >= 4
     assert page.locator("svg.chart").bounding_box()["width"] > 600
+    page.screenshot(path=str(ARTIFACT.with_name("tenant.png")), full_page=True)
     page.close()
