@@ -223,3 +223,22 @@ def test_alert_metrics_are_exported(alert_env: LocalEnv, receiver: Receiver) -> 
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def test_tenants_without_a_slack_url_use_the_global_fallback(stack: Any, receiver: Receiver) -> None:
+    env = LocalEnv.create(stack, FLAGMETER_SLACK_WEBHOOK_URL=receiver.url("/fallback"))
+    try:
+        env.start_api()
+        env.start_worker()
+        own, shared = env.create_tenant(quota=100), env.create_tenant(quota=100)
+        env.patch(own, slack_webhook_url=receiver.url(f"/slack/{own}"))
+        env.post(own, 80)
+        env.post(shared, 80)
+        (fallback,) = receiver.wait("/fallback", 1)
+        receiver.wait(f"/slack/{own}", 1)
+        time.sleep(0.5)
+
+        assert shared in fallback.json()["text"]
+        assert len(receiver.at("/fallback")) == 1
+    finally:
+        env.stop()
