@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,6 +134,16 @@ class GuardedResolver(AbstractResolver):
 # -- the courier ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one attempt went: `outcome` as in alerts.outcome_of, plus what to record."""
+
+    outcome: str
+    error: str | None = None
+    status: int | None = None
+    retry_after: float | None = None
+
+
 def _endpoint(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
@@ -200,51 +210,61 @@ class Courier:
         started = time.perf_counter()
         url = job.url or (self.settings.slack_webhook_url if job.target == "slack" else None)
         attempt_id = await self.store.start_attempt(job, _endpoint(url) if url else "-")
-        status: int | None = None
-        retry_after: float | None = None
-        error: str | None
-        if not url:
-            outcome, error = "failed", f"no {job.target} target configured (or it was disabled)"
+        if url:
+            answer = await self._send(session, job, url)
         else:
-            error = await url_problem(
-                url,
-                allow_http=self.settings.allow_http_webhooks,
-                allow_private=self.settings.allow_private_webhooks,
-            )
-            outcome = "failed" if error else "retry"
-        if url and not error:
-            now = datetime.now(UTC)
-            body, headers = self._request(job, now)
-            try:
-                async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
-                    status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
-                    await response.content.read(4096)
-                outcome = outcome_of(status)
-                error = None if outcome == "delivered" else f"HTTP {status}"
-            except TimeoutError:
-                outcome, error = "retry", f"timed out after {self.config.timeout_s:g} s"
-            except UnsafeAddress as refused:
-                outcome, error = "failed", str(refused)
-            except (aiohttp.ClientError, OSError) as failure:
-                outcome, error = "retry", f"{type(failure).__name__}: {failure}"[:500]
+            answer = Answer("failed", f"no {job.target} target configured (or it was disabled)")
         retry_in = None
-        if outcome == "retry":
-            retry_in = retry_delay(job.attempts + 1, self.config.retry, retry_after)
+        if answer.outcome == "retry":
+            retry_in = retry_delay(job.attempts + 1, self.config.retry, answer.retry_after)
             if retry_in is None:
-                outcome, error = "failed", f"{error}; gave up after {job.attempts + 1} attempts"
+                answer = replace(
+                    answer,
+                    outcome="failed",
+                    error=f"{answer.error}; gave up after {job.attempts + 1} attempts",
+                )
         elapsed_ms = int((time.perf_counter() - started) * 1000)
-        attempt = AttemptRecord(_endpoint(url) if url else "-", status, outcome, error, elapsed_ms)
+        attempt = AttemptRecord(
+            _endpoint(url) if url else "-", answer.status, answer.outcome, answer.error, elapsed_ms
+        )
         await self.store.record_attempt(job, attempt_id, attempt, retry_in)
-        metrics.alert_deliveries.labels(job.target, outcome).inc()
+        metrics.alert_deliveries.labels(job.target, answer.outcome).inc()
         extra: dict[str, Any] = {
             "tenant": job.alert.tenant_id,
             "threshold": job.alert.threshold,
             "target": job.target,
-            "outcome": outcome,
-            "http_status": status,
+            "outcome": answer.outcome,
+            "http_status": answer.status,
             "attempt": job.attempts + 1,
         }
-        if error:
-            extra["error"] = error
-        log.log(logging.INFO if outcome == "delivered" else logging.WARNING, "alert delivery", extra=extra)
+        if answer.error:
+            extra["error"] = answer.error
+        level = logging.INFO if answer.outcome == "delivered" else logging.WARNING
+        log.log(level, "alert delivery", extra=extra)
+
+    async def _send(self, session: aiohttp.ClientSession, job: DeliveryJob, url: str) -> Answer:
+        problem = await url_problem(
+            url,
+            allow_http=self.settings.allow_http_webhooks,
+            allow_private=self.settings.allow_private_webhooks,
+        )
+        if problem:
+            return Answer("failed", f"{job.target} URL {problem}")
+        now = datetime.now(UTC)
+        body, headers = self._request(job, now)
+        try:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                await response.content.read(4096)
+                outcome = outcome_of(response.status)
+                return Answer(
+                    outcome,
+                    None if outcome == "delivered" else f"HTTP {response.status}",
+                    response.status,
+                    parse_retry_after(response.headers.get("Retry-After"), now),
+                )
+        except TimeoutError:
+            return Answer("retry", f"timed out after {self.config.timeout_s:g} s")
+        except (aiohttp.ClientError, OSError) as failure:
+            if isinstance(failure.__cause__, UnsafeAddress):  # the resolver's refusal, wrapped by aiohttp
+                return Answer("failed", str(failure.__cause__))
+            return Answer("retry", f"{type(failure).__name__}: {failure}"[:500])

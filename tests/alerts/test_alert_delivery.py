@@ -136,6 +136,19 @@ def test_server_errors_and_timeouts_are_retried_until_delivered(
     assert all(a["endpoint"] == f"http://127.0.0.1:{receiver.port}" for a in delivery["history"])
 
 
+def test_retries_stop_after_the_last_attempt(alert_env: LocalEnv, receiver: Receiver) -> None:
+    tenant = alert_env.create_tenant(quota=1000)
+    receiver.script(f"/hook/{tenant}", *[Reply(500)] * 6)
+    _targets(alert_env, receiver, tenant, slack=False)
+    alert_env.post(tenant, 800)
+    (delivery,) = _wait_finished(alert_env, tenant, "webhook", timeout=30)  # 0.3 s doubling: ~4.5 s
+
+    assert delivery["status"] == "failed" and delivery["attempts"] == 5  # FLAGMETER_ALERT_MAX_ATTEMPTS
+    assert [a["outcome"] for a in delivery["history"]] == ["retry"] * 4 + ["failed"]
+    assert delivery["last_error"] == "HTTP 500; gave up after 5 attempts"
+    assert len(receiver.at(f"/hook/{tenant}")) == 5
+
+
 def _webhook_answering(env: LocalEnv, receiver: Receiver, status: int) -> tuple[str, dict[str, Any]]:
     """A tenant over 80 % whose webhook answers `status`; returns it and the finished delivery."""
     tenant = env.create_tenant(quota=1000)

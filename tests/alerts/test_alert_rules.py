@@ -9,6 +9,7 @@ import random
 from datetime import UTC, datetime
 from fractions import Fraction
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from flagmeter.alerts import (
     valid_secret,
     validate_thresholds,
 )
-from flagmeter.delivery import forbidden_address, url_shape_problem
+from flagmeter.delivery import GuardedResolver, UnsafeAddress, forbidden_address, url_shape_problem
 
 thresholds = st.lists(st.integers(1, 1000), max_size=10)
 
@@ -162,3 +163,14 @@ def test_url_shape_rules() -> None:
     assert url_shape_problem("http://hooks.example.com/a", allow_http=True) is None
     assert url_shape_problem("https://hooks.example.com:99999/a", allow_http=False) is not None
     assert url_shape_problem(42, allow_http=True) is not None
+
+
+async def test_the_connect_time_resolver_refuses_names_that_resolve_privately() -> None:
+    guarded = GuardedResolver(allow_private=False)
+    with pytest.raises(UnsafeAddress):
+        await guarded.resolve("localhost", 443)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=guarded)) as session:
+        with pytest.raises(aiohttp.ClientError) as caught:
+            await session.get("http://localhost:9/never-connected")
+    assert isinstance(caught.value.__cause__, UnsafeAddress)
+    assert (await GuardedResolver(allow_private=True).resolve("localhost", 443))[0]["port"] == 443
