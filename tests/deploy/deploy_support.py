@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +163,20 @@ def memory_limits(compose_file: str) -> list[MemoryLimit]:
 class Stack:
     project: str
     env: dict[str, str]
-    base_url: str
-
     files: tuple[str, ...]
+    api_ports: list[int]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_ports[0]}"
 
     def compose(self, *args: str, check: bool = True) -> str:
         return compose("-p", self.project, *args, files=self.files, env=self.env, check=check).stdout
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: Any = None, port: int | None = None) -> tuple[int, Any]:
+        """One API request as the admin, to the first published port unless told."""
         request = urllib.request.Request(
-            self.base_url + path,
+            f"http://127.0.0.1:{port or self.api_ports[0]}{path}",
             method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
@@ -181,6 +186,9 @@ class Stack:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
+
+    def ready(self, port: int) -> bool:
+        return self.call("GET", "/ready", port=port)[0] == 200
 
     def sql(self, query: str) -> str:
         return self.compose(
@@ -192,6 +200,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int) -> list[int]:
+    """`count` consecutive ports free on 127.0.0.1, for a published range (one host port per replica)."""
+    for _ in range(50):
+        first = free_port()
+        ports = list(range(first, first + count))
+        try:
+            for port in ports[1:]:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return ports
+        except OSError:
+            continue
+    raise AssertionError(f"no {count} consecutive free ports")
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float) -> None:
@@ -207,12 +230,14 @@ def wait_until(what: str, check: Callable[[], object], timeout: float) -> None:
 
 
 @contextmanager
-def running_stack(files: tuple[str, ...], workdir: Path, **extra_env: str) -> Iterator[Stack]:
+def running_stack(
+    files: tuple[str, ...], workdir: Path, *, api_replicas: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
     """The compose stack of `files` under a unique project name, with the local postgres/valkey images,
-    PostgreSQL data under `workdir`, the API on a free 127.0.0.1 port; ready on entry, removed on exit
-    (its logs kept in tests/artifacts/)."""
+    PostgreSQL data under `workdir`, each API replica on a free 127.0.0.1 port; ready on entry, removed on
+    exit (its logs kept in tests/artifacts/)."""
     project = f"fmdeploy{secrets.token_hex(4)}"
-    port = free_port()
+    ports = free_port_range(api_replicas)
     pg_data = workdir / "flagmeter-pg"
     pg_data.mkdir()
     pg_data.chmod(0o755)  # as a freshly mounted volume's root: the postgres user must traverse it
@@ -222,13 +247,15 @@ def running_stack(files: tuple[str, ...], workdir: Path, **extra_env: str) -> It
         FLAGMETER_IMAGE=APP_IMAGE,
         FLAGMETER_PG_DATA_DIR=str(pg_data),
         FLAGMETER_NETWORK=project,
-        FLAGMETER_API_PORTS=str(port),
-        **extra_env,
+        FLAGMETER_API_PORTS=f"{ports[0]}-{ports[-1]}" if api_replicas > 1 else str(ports[0]),
+        FLAGMETER_API_REPLICAS=str(api_replicas),
+        **(extra_env or {}),
     )
-    stack = Stack(project, env, f"http://127.0.0.1:{port}", files)
+    stack = Stack(project, env, files, ports)
     try:
         stack.compose("up", "-d", "--no-build", "--quiet-pull")
-        wait_until("GET /ready = 200", lambda: stack.call("GET", "/ready")[0] == 200, 180)
+        for port in ports:
+            wait_until(f"GET :{port}/ready = 200", partial(stack.ready, port), 180)
         yield stack
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

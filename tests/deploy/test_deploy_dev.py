@@ -18,8 +18,12 @@ def test_api_reloads_the_mounted_source_when_it_changes(
     work = tmp_path_factory.mktemp("dev")
     src = work / "src"
     shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    ports = {"FLAGMETER_DEV_PG_PORT": str(free_port()), "FLAGMETER_DEV_VALKEY_PORT": str(free_port())}
-    with running_stack((PRODUCTION_FILE, DEV_FILE), work, FLAGMETER_DEV_SRC=str(src), **ports) as stack:
+    env = {
+        "FLAGMETER_DEV_SRC": str(src),
+        "FLAGMETER_DEV_PG_PORT": str(free_port()),
+        "FLAGMETER_DEV_VALKEY_PORT": str(free_port()),
+    }
+    with running_stack((PRODUCTION_FILE, DEV_FILE), work, extra_env=env) as stack:
         # The document the API serves is read from the package when the process starts.
         spec_path = src / "flagmeter/openapi.json"
         spec = json.loads(spec_path.read_text())
