@@ -53,4 +53,8 @@ def test_budget_table_in_docs_matches_the_compose_files(
         (limit.compose_file, limit.service): (limit.mem_limit // mib, limit.replicas, limit.total // mib)
         for limit in production + observability
     }
-    assert documented == actual
+    table = "\n".join(
+        f"| {stack} | `{service}` | {mib_each} | {n} | {total} |"
+        for (stack, service), (mib_each, n, total) in sorted(actual.items())
+    )
+    assert documented == actual, f"update the table in {DOC.relative_to(REPO)} to:\n{table}"
