@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from deploy_support import BASE_IMAGE, REPO, run
+from deploy_support import BASE_IMAGE, HOST_CA_BUNDLE, REPO, compose, compose_env, run
 
 pytestmark = pytest.mark.docker
 
@@ -79,3 +79,17 @@ def test_app_layers_stay_small_on_top_of_the_base(app_image: str) -> None:
         f"\n{app_image}: {inspect(app_image)['Size'] / 1e6:.0f} MB, {added / 1e6:.0f} MB above {BASE_IMAGE}"
     )
     assert added < APP_LAYERS_CEILING
+
+
+def test_compose_builds_the_image_with_the_optional_pip_ca(app_image: str) -> None:
+    tag = "flagmeter:compose-build-test"
+    env = compose_env(
+        FLAGMETER_IMAGE=tag,
+        FLAGMETER_BASE_IMAGE=BASE_IMAGE,
+        FLAGMETER_PIP_CA=str(HOST_CA_BUNDLE) if HOST_CA_BUNDLE.is_file() else "/dev/null",
+    )
+    try:
+        compose("-p", "fmdeploybuild", "build", "api", env=env)
+        assert in_image(tag, "id -u; ls /run/secrets 2>/dev/null | wc -l").split() == ["10001", "0"]
+    finally:
+        run("docker", "image", "rm", tag, check=False)
