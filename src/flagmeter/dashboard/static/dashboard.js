@@ -58,6 +58,7 @@
     setLevel(item.querySelector(".percent"), tenant.level);
     const fill = item.querySelector(".bar .fill");
     fill.setAttribute("width", String(Math.min(tenant.percent, 100)));
+    item.querySelector(".bar").setAttribute("aria-label", tenant.percent + " % of quota used");
     setLevel(fill, tenant.level);
     item.dataset.percent = String(tenant.percent);
     features(item.querySelector(".features tbody"), tenant.by_feature);
