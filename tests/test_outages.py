@@ -64,3 +64,55 @@ def test_redis_down_answers_503_with_retry_after_and_accepts_nothing(stack: Stac
     stack.wait_used(tenant, 1)
     time.sleep(1)
     assert stack.usage(tenant)["used"] == 1  # the 503'd event was never half-accepted
+
+
+@pytest.mark.slow
+def test_a_worker_ahead_of_the_schema_waits_for_migrate_instead_of_dead_lettering(stack: Stack) -> None:
+    import subprocess
+    import sys
+
+    import psycopg2
+    import redis
+
+    name = f"behind_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(stack.database_url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin.close()
+    url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+    stream = f"test:{uuid.uuid4().hex[:8]}"
+    env = {
+        "DATABASE_URL": url,
+        "FLAGMETER_STREAM": stream,
+        "FLAGMETER_CLAIM_IDLE_MS": "200",
+        "FLAGMETER_MAX_DELIVERIES": "2",
+    }
+    client = redis.Redis.from_url(stack.redis_url)
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    client.xadd(stream, {"e": f'["early","e1","chat",12,{now},{now}]'})
+    worker, metrics_url = stack.start_worker(**env)
+    try:
+        time.sleep(4)  # many reclaim rounds: an entry-level failure would be dead-lettered by now
+        assert client.xlen(f"{stream}:dead") == 0
+        assert stack.request("GET", "/ready", token=None, base=metrics_url)[0] == 503
+        subprocess.run(
+            [sys.executable, "-m", "flagmeter.cli", "migrate"],
+            env={**stack.env, **env},
+            check=True,
+            capture_output=True,
+        )
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO tenants (id, name, monthly_quota) VALUES ('early', 'Early', 100)")
+        conn.close()
+        deadline = time.monotonic() + 30
+        while client.xlen(stream) > 0:
+            assert time.monotonic() < deadline, "the held entry was never counted after migrate"
+            time.sleep(0.2)
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT sum(tokens) FROM period_totals WHERE tenant_id = 'early'")
+            assert cur.fetchone() == (12,)
+        conn.close()
+        assert client.xlen(f"{stream}:dead") == 0
+    finally:
+        worker.stop()

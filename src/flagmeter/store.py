@@ -5,6 +5,7 @@ Handlers and the worker get plain values back; swapping the driver touches only 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -79,6 +80,10 @@ def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, RuntimeError):
         # uvloop closes the poll handle of a connection refused mid-connect; aiopg surfaces that as this.
         return "closed" in str(error)
+    if isinstance(error, psycopg2.ProgrammingError):
+        # An undefined table or column: the schema is behind the code (`flagmeter migrate` not run yet).
+        # Like an outage, it is no fault of the event being written: wait, never dead-letter.
+        return True
     return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | OSError | TimeoutError)
 
 
@@ -128,7 +133,14 @@ class Store:
             return list(await cur.fetchall())
 
     async def ping(self) -> None:
-        await self._all("SELECT 1")
+        """Reachable and migrated to what this code expects."""
+        try:
+            rows = await self._all("SELECT max(version) FROM schema_migrations")
+        except StoreUnavailable as error:
+            raise StoreUnavailable(f"schema not migrated: {error}") from error
+        latest = migration_files()[-1][0]
+        if not rows or rows[0][0] is None or rows[0][0] < latest:
+            raise StoreUnavailable(f"schema at {rows[0][0] if rows else None}, code needs {latest}: run migrate")
 
     # -- tenants and keys ---------------------------------------------------------------
 
@@ -572,6 +584,7 @@ SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenan
 # -- migrations ---------------------------------------------------------------------------
 
 
+@functools.cache
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("flagmeter") / "migrations"
     files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
