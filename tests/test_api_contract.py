@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import Stack
+from stacklib import Stack
 
 
 def ev(tokens: int = 1, feature: str = "chat", **extra: object) -> dict[str, object]:

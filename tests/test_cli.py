@@ -9,7 +9,7 @@ import uuid
 
 import redis
 
-from conftest import Stack
+from stacklib import Stack
 
 
 def flagmeter(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

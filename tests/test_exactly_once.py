@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 
-from conftest import Stack
+from stacklib import Stack
 
 
 def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import Stack
+from stacklib import Stack
 
 
 def ev(tokens: int) -> dict[str, object]:

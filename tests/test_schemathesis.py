@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_TOKEN, Stack
+from stacklib import ADMIN_TOKEN, Stack
 
 
 @pytest.mark.slow
