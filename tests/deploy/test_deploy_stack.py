@@ -173,3 +173,11 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
     assert usage["used"] == sum(expected.values())
     rows = deployed.sql(f"SELECT count(*), count(DISTINCT event_id) FROM events WHERE tenant_id = '{TENANT}'")
     assert rows == f"{len(ledger.tokens)}|{len(ledger.tokens)}"
+
+
+def test_no_container_hit_its_memory_limit_under_the_load(deployed: Stack) -> None:
+    # Runs after the load test above (same module-scoped stack): the limits of docs/memory-budget.md hold.
+    containers = deployed.compose("ps", "-aq").split()
+    states = run("docker", "inspect", "-f", "{{.Name}} {{.State.OOMKilled}}", *containers).stdout.split("\n")
+    assert [line for line in states if line.endswith(" true")] == []
+    assert len(containers) == 5  # api, worker, postgres, valkey and the exited migrate
