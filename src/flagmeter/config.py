@@ -48,6 +48,9 @@ class Settings:
     slack_webhook_url: str = ""
     allow_http_webhooks: bool = False
     allow_private_webhooks: bool = False
+    alert_timeout_ms: int = 10_000
+    alert_retry_base_ms: int = 30_000
+    alert_max_attempts: int = 8
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, dev: bool = False) -> Settings:
@@ -83,4 +86,7 @@ class Settings:
             slack_webhook_url=env.get("FLAGMETER_SLACK_WEBHOOK_URL", ""),
             allow_http_webhooks=_flag(env, "FLAGMETER_ALLOW_HTTP_WEBHOOKS"),
             allow_private_webhooks=_flag(env, "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS"),
+            alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", 10_000, 100),
+            alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", 30_000, 1),
+            alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", 8, 1),
         )

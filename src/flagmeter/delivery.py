@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -59,14 +58,11 @@ class DeliveryConfig:
         return 2 * self.timeout_s + 5
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> DeliveryConfig:
-        """FLAGMETER_ALERT_RETRY_BASE_MS / _MAX_ATTEMPTS / _TIMEOUT_MS: tests shrink the hour to seconds."""
-        env = dict(os.environ if env is None else env)
-        base_ms = int(env.get("FLAGMETER_ALERT_RETRY_BASE_MS") or 30_000)
-        attempts = int(env.get("FLAGMETER_ALERT_MAX_ATTEMPTS") or 8)
-        timeout_ms = int(env.get("FLAGMETER_ALERT_TIMEOUT_MS") or 10_000)
-        retry = RetryPolicy(base_s=base_ms / 1000, max_attempts=attempts)
-        return cls(timeout_s=timeout_ms / 1000, retry=retry)
+    def from_settings(cls, settings: Settings) -> DeliveryConfig:
+        retry = RetryPolicy(
+            base_s=settings.alert_retry_base_ms / 1000, max_attempts=settings.alert_max_attempts
+        )
+        return cls(timeout_s=settings.alert_timeout_ms / 1000, retry=retry)
 
 
 # -- URL safety -------------------------------------------------------------------------------
@@ -153,7 +149,7 @@ class Courier:
     def __init__(self, settings: Settings, store: Store, config: DeliveryConfig | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.config = config or DeliveryConfig.from_env()
+        self.config = config or DeliveryConfig.from_settings(settings)
         self._wake = asyncio.Event()
 
     def wake(self) -> None:

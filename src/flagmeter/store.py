@@ -140,7 +140,8 @@ class Store:
             raise StoreUnavailable(f"schema not migrated: {error}") from error
         latest = migration_files()[-1][0]
         if not rows or rows[0][0] is None or rows[0][0] < latest:
-            raise StoreUnavailable(f"schema at {rows[0][0] if rows else None}, code needs {latest}: run migrate")
+            current = rows[0][0] if rows else None
+            raise StoreUnavailable(f"schema at {current}, code needs {latest}: run flagmeter migrate")
 
     # -- tenants and keys ---------------------------------------------------------------
 
