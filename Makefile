@@ -13,6 +13,7 @@ help:
 	@echo "make lint      ruff, mypy, yamllint, ansible-lint"
 	@echo "make loadtest  k6 against a local stack or BASE_URL"
 	@echo "make bench     the benchmark harness (results under bench/results/)"
+	@echo "make image     build the flagmeter:local container image"
 
 $(BIN)/flagmeter: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -39,6 +40,11 @@ test-fast: $(BIN)/flagmeter
 lint: $(BIN)/flagmeter
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
+
+image:
+	.ci/dockerd.sh
+	.ci/compose-plugin.sh
+	DOCKER_BUILDKIT=1 docker build -t flagmeter:local .
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
