@@ -68,7 +68,12 @@ class Verdict:
     waited_s: float
 
     def describe(self) -> str:
-        head = "OK" if self.ok else "MISMATCH"
+        if self.ok:
+            head = "OK"
+        elif self.counted.covers(self.accepted):
+            head = "MISMATCH (counted more than was accepted)"
+        else:
+            head = "MISMATCH (not all counted in time: lost, or the worker is behind)"
         text = (
             f"{head}: accepted {self.accepted.events} events / {self.accepted.tokens} tokens, "
             f"counted {self.counted.events} events / {self.counted.tokens} tokens after {self.waited_s:.1f}s"
