@@ -36,9 +36,10 @@ sys.path[0] = str(ROOT)  # import bench.* and loadtest.* as packages, never benc
 from bench import pyspy  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
-from bench.stack import running_stack  # noqa: E402
+from bench.stack import running_stack, wait_port  # noqa: E402
 from loadtest.run import K6Run, k6_binary, run_script  # noqa: E402
 
+from flagmeter.localstack import free_port  # noqa: E402
 from loadtest import verify  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -49,6 +50,7 @@ MB = 1024 * 1024
 MIX_RATES = (250, 500, 1000, 2000, 3000, 4000)  # requests/s; 3000 is the target
 BATCH_RATES = (10, 20, 40, 90, 120)  # requests/s of ~550 events: ~5k to ~66k events/s; 90 is the target
 SCALE_RATE = 3000
+FLOOR_RATE = 3000
 DRAIN_TIMEOUT_S = 30  # a step whose events are not all counted by then saturated the worker
 
 # Issue 6's targets on this 2-core machine; reported against, never asserted.
@@ -78,8 +80,17 @@ def plan(step_s: int, processes: int) -> list[Step]:
     return [warmup, *mix, *scaling, *batch]
 
 
-def run_k6(step: Step, api_url: str, admin_token: str, summary_dir: Path) -> tuple[K6Run, float]:
+def k6_with_cpu(
+    script: str | Path, settings: dict[str, str], summary_dir: Path, seconds: int
+) -> tuple[K6Run, float]:
     """The k6 run and the CPU seconds k6 itself used (it shares the cores with the service)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = run_script(script, settings, summary_dir, timeout_s=seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return run, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def run_k6(step: Step, api_url: str, admin_token: str, summary_dir: Path) -> tuple[K6Run, float]:
     settings = {
         "BASE_URL": api_url,
         "ADMIN_TOKEN": admin_token,
@@ -88,10 +99,33 @@ def run_k6(step: Step, api_url: str, admin_token: str, summary_dir: Path) -> tup
         "VUS": str(step.vus),
         "MAX_VUS": str(step.max_vus),
     }
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = run_script(step.script, settings, summary_dir, timeout_s=step.seconds + 120)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return run, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return k6_with_cpu(step.script, settings, summary_dir, step.seconds)
+
+
+def measure_floor(seconds: int, rate: int) -> dict[str, Any]:
+    """bench/floor.py (aiohttp answering 202, nothing else) under k6: the least a request can cost here."""
+    port = free_port()
+    app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port)])
+    try:
+        wait_port(port, 30)
+        with tempfile.TemporaryDirectory() as tmp, ResourceSampler({"floor": app.pid}) as sampler:
+            settings = {"BASE_URL": f"http://127.0.0.1:{port}", "RATE": str(rate), "DURATION": f"{seconds}s"}
+            k6, k6_cpu_s = k6_with_cpu(ROOT / "bench" / "floor.js", settings, Path(tmp), seconds)
+            summary = json.loads(k6.summary_path.read_text())
+    finally:
+        app.terminate()
+        app.wait(10)
+    requests = _values(summary, "http_reqs").get("count", 0) or 1
+    latency = _values(summary, "http_req_duration")
+    return {
+        "offered_rps": rate,
+        "achieved_rps": _round(requests / seconds),
+        "latency_ms": {"p50": _round(latency.get("med"), 2), "p99": _round(latency.get("p(99)"), 2)},
+        "dropped_iterations": int(_values(summary, "dropped_iterations").get("count", 0)),
+        "server_cpu_us_per_request": _round(1e6 * sampler.usage["floor"].cpu_seconds / requests),
+        "k6_cpu_us_per_request": _round(1e6 * k6_cpu_s / requests),
+        "machine_cpu_s": _round(sampler.machine_busy_s, 2),
+    }
 
 
 def _values(summary: dict[str, Any], name: str) -> dict[str, float]:
@@ -273,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = [step for step in steps if step.name in chosen]
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    print(f"[bench] floor: bench/floor.py at {FLOOR_RATE}/s", file=sys.stderr)
+    floor = measure_floor(10 if args.quick else args.step_seconds, FLOOR_RATE)
     run_dir = ROOT / ".run" / f"bench-{stamp}"
     with running_stack(run_dir, args.processes) as stack:
         probe_tenant = f"bench-probe-{stamp.lower()}"
@@ -300,11 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
         "plan": [asdict(step) for step in steps],
+        "floor": floor,
         "skipped": skipped,
         "steps": results,
         "targets": against_targets(results),
     }
     output.write_text(json.dumps(report, indent=1) + "\n")
+    print(
+        f"floor (aiohttp 202, nothing else): {floor['achieved_rps']}/s of {floor['offered_rps']}/s offered, "
+        f"p99 {floor['latency_ms']['p99']} ms, {floor['server_cpu_us_per_request']} us server CPU and "
+        f"{floor['k6_cpu_us_per_request']} us k6 CPU per request"
+    )
     print(table(results))
     for skip in skipped:
         print(f"skipped {skip['step']}: {skip['reason']}")

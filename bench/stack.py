@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,15 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
                     return
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s}s")
+
+
+def wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def _stop(process: subprocess.Popen[bytes] | None, timeout_s: float = 15) -> None:

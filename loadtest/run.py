@@ -50,14 +50,16 @@ class K6Run:
         return self.returncode == 0
 
 
-def run_script(script: str, settings: dict[str, str], summary_dir: Path, timeout_s: float) -> K6Run:
-    """Run loadtest/<script>.js with `settings` as k6 `-e` variables; fail unless it wrote its summary."""
+def run_script(script: str | Path, settings: dict[str, str], summary_dir: Path, timeout_s: float) -> K6Run:
+    """Run loadtest/<script>.js (or the script at a path) with `settings` as k6 `-e` variables; fail
+    unless it wrote its summary, `<script>-summary.json` in `summary_dir`."""
+    path = script if isinstance(script, Path) else ROOT / "loadtest" / f"{script}.js"
     env = {**os.environ, **settings, "SUMMARY_DIR": str(summary_dir), "K6_NO_USAGE_REPORT": "true"}
     summary_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = summary_dir / f"{script}-summary.json"
+    summary_path = summary_dir / f"{path.stem}-summary.json"
     summary_path.unlink(missing_ok=True)
     done = subprocess.run(
-        [k6_binary(), "run", "--quiet", "--no-color", str(ROOT / "loadtest" / f"{script}.js")],
+        [k6_binary(), "run", "--quiet", "--no-color", str(path)],
         env=env,
         capture_output=True,
         text=True,
@@ -65,7 +67,7 @@ def run_script(script: str, settings: dict[str, str], summary_dir: Path, timeout
         check=False,
     )
     if done.returncode not in (0, THRESHOLD_FAILED) or not summary_path.exists():
-        raise RuntimeError(f"k6 {script}.js exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"k6 {path.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
     return K6Run(done.returncode, summary_path, done.stdout)
 
 
