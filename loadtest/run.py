@@ -87,8 +87,8 @@ def target() -> Iterator[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=int, default=500, help="load.js requests per second (500)")
-    parser.add_argument("--batch-rate", type=int, default=40, help="batch.js requests per second (40)")
+    parser.add_argument("--rate", type=int, default=200, help="load.js requests per second (200)")
+    parser.add_argument("--batch-rate", type=int, default=10, help="batch.js requests per second (10)")
     parser.add_argument("--duration", default="30s", help="each script's duration (30s)")
     parser.add_argument("--summary-dir", type=Path, default=ROOT / ".run" / "loadtest")
     parser.add_argument("--latency-ms", type=int, nargs=2, metavar=("P95", "P99"), help="override limits")
