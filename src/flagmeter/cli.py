@@ -74,6 +74,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         _run(_serve_api(settings, reuse_port=False))
         return 0
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
+    from . import api  # noqa: F401 - imported before fork, so the children share its code pages
+
     return _supervise(processes, lambda: _run(_serve_api(settings, reuse_port=True)))
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .localstack import LocalStack, MissingBinary
 
-PG_PORT = 55432
-REDIS_PORT = 56379
+PG_PORT = 15432  # below the ephemeral port range, so no outgoing connection can hold it
+REDIS_PORT = 16379
 
 
 def _admin_token(run_dir: Path) -> str:

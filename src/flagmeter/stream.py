@@ -94,11 +94,16 @@ class Stream:
         self._append = client.register_script(APPEND_LUA)
 
     @classmethod
-    def from_url(cls, url: str, stream: str, group: str, dead_letter: str) -> Stream:
-        client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )
-        return cls(client, stream, group, dead_letter)
+    def from_url(
+        cls, url: str, stream: str, group: str, dead_letter: str, *, connections: int = 32
+    ) -> Stream:
+        # A blocking pool: under a burst, requests wait (up to 5 s) for a connection instead of
+        # failing with MaxConnectionsError, which would be a 503 while Redis is perfectly healthy.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=connections, timeout=5,
+            socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
+        )  # fmt: skip
+        return cls(redis.Redis(connection_pool=pool), stream, group, dead_letter)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
 from ..stream import RateLimited, StreamUnavailable
 from .errors import ApiError, json_response, read_json
 
+log = logging.getLogger(__name__)
 SINGLE_STATUS = {"unknown_tenant": 404, "forbidden": 403}
 
 
@@ -66,7 +68,8 @@ async def post_events(request: web.Request) -> web.Response:
             "tenant request rate limit exceeded; retry with the same ids",
             {"Retry-After": str(seconds)},
         ) from None
-    except StreamUnavailable:
+    except StreamUnavailable as error:
+        log.warning("stream append failed", extra={"error": str(error)})
         raise ApiError(
             503, "unavailable", "event stream unavailable; retry with the same ids", {"Retry-After": "1"}
         ) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -32,26 +31,9 @@ async def readable_tenant(request: web.Request) -> Tenant:
     return tenant
 
 
-USAGE_CACHE_S = 0.5  # per process; the freshness budget (2 s) allows it, hot tenants are read a lot
-_usage_cache: dict[tuple[str, datetime], tuple[dict[str, int], float]] = {}
-
-
-async def _period_usage(app: web.Application, tenant_id: str, start: datetime) -> dict[str, int]:
-    """Period totals, cached for half a second: never recomputed, only re-read after expiry."""
-    now = time.monotonic()
-    cached = _usage_cache.get((tenant_id, start))
-    if cached is not None and cached[1] > now:
-        return cached[0]
-    by_feature: dict[str, int] = await app["store"].period_usage(tenant_id, start)
-    if len(_usage_cache) > 10_000:
-        _usage_cache.clear()
-    _usage_cache[(tenant_id, start)] = (by_feature, now + USAGE_CACHE_S)
-    return by_feature
-
-
 async def usage_document(request: web.Request, tenant: Tenant, now: datetime) -> dict[str, object]:
     period = period_containing(now, tenant.billing_day)
-    by_feature = await _period_usage(request.app, tenant.id, period.start)
+    by_feature = await request.app["store"].period_usage(tenant.id, period.start)
     used = sum(by_feature.values())
     quota = tenant.monthly_quota
     percent = round(100 * used / quota, 2) if quota else (100.0 if used else 0.0)
