@@ -41,6 +41,12 @@ lint: $(BIN)/flagmeter
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
 
+loadtest: $(BIN)/flagmeter
+	$(BIN)/python loadtest/run.py
+
+bench: $(BIN)/flagmeter
+	$(BIN)/python bench/run.py
+
 image:
 	.ci/dockerd.sh
 	.ci/compose-plugin.sh
