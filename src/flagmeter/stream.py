@@ -5,8 +5,10 @@ Every Redis call of FlagMeter lives here.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,28 +21,53 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .events import Event
 
-# Token bucket and append in one atomic call: a request is either limited or wholly appended.
-# Returns the number of entries appended, or -(milliseconds to wait) when over the limit.
+# The appends of every request that arrived in one event-loop turn, in one atomic call.
+# ARGV: now_ms, then per request: bucket key index (0: not limited), rate, n, n payloads.
+# Per request, a request is either rate limited or wholly appended; the reply holds, per request,
+# the number of entries appended, or -(milliseconds to wait) when over its tenant's limit.
 APPEND_LUA = """
-local rate = tonumber(ARGV[1])
-if rate > 0 then
-  local burst = tonumber(ARGV[2])
-  local now = tonumber(ARGV[3])
-  local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
-  local tokens = tonumber(bucket[1]) or burst
-  local at = tonumber(bucket[2]) or now
-  if now > at then tokens = math.min(burst, tokens + (now - at) * rate / 1000) else now = at end
-  if tokens < 1 then
-    return -math.ceil((1 - tokens) * 1000 / rate)
+local now = tonumber(ARGV[1])
+local results = {}
+local i = 2
+while i <= #ARGV do
+  local key, rate, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  local result = n
+  if key > 0 then
+    local burst = rate * 2
+    local bucket = redis.call('HMGET', KEYS[key], 'tokens', 'at')
+    local tokens = tonumber(bucket[1]) or burst
+    local at = tonumber(bucket[2]) or now
+    local t = now
+    if t > at then tokens = math.min(burst, tokens + (t - at) * rate / 1000) else t = at end
+    if tokens < 1 then
+      result = -math.ceil((1 - tokens) * 1000 / rate)
+    else
+      redis.call('HSET', KEYS[key], 'tokens', tokens - 1, 'at', t)
+      redis.call('PEXPIRE', KEYS[key], math.ceil(burst * 1000 / rate) + 1000)
+    end
   end
-  redis.call('HSET', KEYS[2], 'tokens', tokens - 1, 'at', now)
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+  if result >= 0 then
+    for j = i, i + n - 1 do
+      redis.call('XADD', KEYS[1], '*', 'e', ARGV[j])
+    end
+  end
+  results[#results + 1] = result
+  i = i + n
 end
-for i = 4, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
-end
-return #ARGV - 3
+return results
 """
+
+
+MAX_APPEND_PAYLOADS = 5000
+
+
+@dataclass(slots=True)
+class _Append:
+    bucket: str | None
+    rate: int
+    payloads: list[bytes]
+    done: asyncio.Future[int]
 
 
 class StreamUnavailable(Exception):
@@ -92,6 +119,9 @@ class Stream:
         self.group = group
         self.dead_letter = dead_letter
         self._append = client.register_script(APPEND_LUA)
+        self._waiting: list[_Append] = []
+        self._waiting_payloads = 0
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -114,21 +144,58 @@ class Stream:
         except (RedisError, OSError) as error:
             raise StreamUnavailable(str(error)) from error
 
-    async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int, now_ms: int) -> int:
-        """Append accepted events; when `tenant` is given its request bucket is charged first."""
-        payloads = [orjson.dumps(event.as_row()) for event in events]
+    async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int) -> int:
+        """Append accepted events; when `tenant` is given its request bucket is charged first.
+
+        Requests arriving in the same event-loop turn share one script call: one Redis round trip
+        and one trip through redis-py for all of them.
+        """
         limited = rate > 0 and tenant is not None
-        bucket = f"flagmeter:ratelimit:{tenant}" if limited else self.name
+        request = _Append(
+            f"flagmeter:ratelimit:{tenant}" if limited else None,
+            rate,
+            [orjson.dumps(event.as_row()) for event in events],
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.append(request)
+        self._waiting_payloads += len(request.payloads)
+        if self._waiting_payloads >= MAX_APPEND_PAYLOADS:
+            self._flush()  # keep each script call short: Redis runs it atomically
+        elif len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        result = await request.done
+        if result < 0:
+            raise RateLimited(-result)
+        return result
+
+    def _flush(self) -> None:
+        if not self._waiting:
+            return
+        batch, self._waiting, self._waiting_payloads = self._waiting, [], 0
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Append]) -> None:
+        keys = [self.name]
+        args: list[Any] = [int(time.time() * 1000)]
+        for request in batch:
+            if request.bucket is None:
+                args += [0, 0, len(request.payloads)]
+            else:
+                keys.append(request.bucket)
+                args += [len(keys), request.rate, len(request.payloads)]
+            args += request.payloads
         try:
-            result = await self._append(
-                keys=[self.name, bucket],
-                args=[rate if limited else 0, rate * 2, now_ms, *payloads],
-            )
+            results = await self._append(keys=keys, args=args)
         except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
-        if int(result) < 0:
-            raise RateLimited(-int(result))
-        return int(result)
+            for request in batch:
+                if not request.done.done():
+                    request.done.set_exception(StreamUnavailable(str(error)))
+            return
+        for request, result in zip(batch, results, strict=True):
+            if not request.done.done():
+                request.done.set_result(int(result))
 
     # -- consumer side ------------------------------------------------------------------
 

@@ -56,9 +56,7 @@ async def post_events(request: web.Request) -> web.Response:
         )
 
     try:
-        await app["stream"].append(
-            accepted, tenant=principal.tenant, rate=app["settings"].rate_limit, now_ms=now_ms
-        )
+        await app["stream"].append(accepted, tenant=principal.tenant, rate=app["settings"].rate_limit)
     except RateLimited as limited:
         metrics.rate_limited.inc()
         seconds = max(1, -(-limited.retry_after_ms // 1000))
