@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.molecule, pytest.mark.docker, pytest.mark.slow]
+# The first run also builds the host images (debootstrap), so allow more than the default timeout.
+pytestmark = [pytest.mark.molecule, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 BASE_CONFIG = REPO / "tests" / "ansible" / "molecule-base.yml"
 
