@@ -27,7 +27,10 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 def _collections_missing(env: dict[str, str]) -> bool:
     listed = subprocess.run(
         [str(VENV_BIN / "ansible-galaxy"), "collection", "list", "--format", "json"],
-        text=True, capture_output=True, env=env, check=False,
+        text=True,
+        capture_output=True,
+        env=env,
+        check=False,
     ).stdout
     return any(f'"{name}"' not in listed for name in REQUIRED_COLLECTIONS)
 
@@ -44,8 +47,19 @@ def ansible_env() -> dict[str, str]:
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["PY_COLORS"] = "0"
     if _collections_missing(env):
-        run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-             "--target", str(COLLECTIONS_DIR), COLLECTIONS_PACKAGE])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(COLLECTIONS_DIR),
+                COLLECTIONS_PACKAGE,
+            ]
+        )
     return env
 
 
@@ -79,19 +93,25 @@ def stack_images_archive(docker_engine: None, tmp_path_factory: pytest.TempPathF
     The images come from the deploy bundle's builders (tests/images/build.sh, tests/deploy/deploy_support.py);
     the archive is named after the images' ids, so it is rewritten only when one of them changed."""
     sys.path.insert(0, str(REPO / "tests" / "deploy"))
-    import deploy_support as deploy  # noqa: PLC0415 - lives beside the deploy tests
+    import deploy_support as deploy
 
     run(["sh", str(REPO / ".ci" / "compose-plugin.sh")], timeout=300)
     run(["bash", str(REPO / "tests" / "images" / "build.sh")], timeout=900)
     label = f'{{{{index .Config.Labels "{deploy.SOURCE_LABEL}"}}}}'
-    built = subprocess.run(["docker", "image", "inspect", "-f", label, deploy.APP_IMAGE],
-                           text=True, capture_output=True, check=False).stdout.strip()
+    built = subprocess.run(
+        ["docker", "image", "inspect", "-f", label, deploy.APP_IMAGE],
+        text=True,
+        capture_output=True,
+        check=False,
+    ).stdout.strip()
     if built != deploy.source_hash(deploy.BASE_IMAGE):
         deploy.build_app_image(tmp_path_factory.mktemp("build"))
     images = [deploy.APP_IMAGE, deploy.POSTGRES_IMAGE, deploy.VALKEY_IMAGE]
     ids = run(["docker", "image", "inspect", "-f", "{{.Id}}", *images]).stdout
     archive = REPO / ".run" / f"stack-images-{hashlib.sha256(ids.encode()).hexdigest()[:12]}.tar"
     if not archive.exists():
+        for stale in archive.parent.glob("stack-images-*"):
+            stale.unlink()  # about 1 GB each; only the current images matter
         partial = archive.with_suffix(".partial")
         run(["docker", "save", "-o", str(partial), *images], timeout=600)
         partial.rename(archive)

@@ -16,13 +16,22 @@ pytestmark = [pytest.mark.molecule, pytest.mark.docker, pytest.mark.slow, pytest
 BASE_CONFIG = REPO / "tests" / "ansible" / "molecule-base.yml"
 
 
-def molecule_test(project: str, scenario: str, env: dict[str, str], image: str, volumes: dict[str, str]) -> None:
+def molecule_test(
+    project: str, scenario: str, env: dict[str, str], image: str, volumes: dict[str, str]
+) -> None:
     env = {**env, **volumes, "FLAGMETER_MOLECULE_IMAGE": image}
     result = subprocess.run(
         ["molecule", "-c", str(BASE_CONFIG), "test", "-s", scenario],
-        cwd=REPO / project, env=env, text=True, capture_output=True, check=False, timeout=900,
+        cwd=REPO / project,
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
+        timeout=900,
     )
-    assert result.returncode == 0, f"molecule {project}/{scenario} failed:\n{result.stdout[-12000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"molecule {project}/{scenario} failed:\n{result.stdout[-12000:]}\n{result.stderr[-4000:]}"
+    )
 
 
 @pytest.mark.parametrize("role", ["base", "security", "hetzner_volume", "docker"])
@@ -40,14 +49,20 @@ def test_role_converges_idempotently_on_a_docker_host(
 
 
 def test_flagmeter_role_deploys_the_stack_until_ready(
-    ansible_env: dict[str, str], docker_host_image: str, hetzner_volumes: dict[str, str], stack_images_archive: str
+    ansible_env: dict[str, str],
+    docker_host_image: str,
+    hetzner_volumes: dict[str, str],
+    stack_images_archive: str,
 ) -> None:
     volumes = {**hetzner_volumes, "FLAGMETER_STACK_IMAGES_ARCHIVE": stack_images_archive}
     molecule_test("roles/flagmeter", "default", ansible_env, docker_host_image, volumes)
 
 
 def test_site_playbook_provisions_a_fresh_host_end_to_end(
-    ansible_env: dict[str, str], fresh_host_image: str, hetzner_volumes: dict[str, str], stack_images_archive: str
+    ansible_env: dict[str, str],
+    fresh_host_image: str,
+    hetzner_volumes: dict[str, str],
+    stack_images_archive: str,
 ) -> None:
     """Ends with /ready answering 200 inside the host and an event posted and counted (verify.yml)."""
     volumes = {**hetzner_volumes, "FLAGMETER_STACK_IMAGES_ARCHIVE": stack_images_archive}
