@@ -44,6 +44,7 @@ def ansible_env() -> dict[str, str]:
     env["ANSIBLE_ROLES_PATH"] = str(REPO / "roles")
     env["FLAGMETER_ROLES_PATH"] = str(REPO / "roles")
     env["FLAGMETER_REPO"] = str(REPO)
+    env["FLAGMETER_MOLECULE_INSTANCE"] = f"flagmeter-molecule-{os.getpid()}"
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["PY_COLORS"] = "0"
     if _collections_missing(env):
