@@ -19,7 +19,10 @@ BASE_CONFIG = REPO / "tests" / "ansible" / "molecule-base.yml"
 def molecule_test(
     project: str, scenario: str, env: dict[str, str], image: str, volumes: dict[str, str]
 ) -> None:
-    env = {**env, **volumes, "FLAGMETER_MOLECULE_IMAGE": image}
+    # Molecule keys its state directory on the project's folder name alone (roles/flagmeter and
+    # another checkout's roles/flagmeter collide); keep it in this checkout.
+    state = REPO / ".run" / "molecule" / f"{project.replace('/', '-')}-{scenario}"
+    env = {**env, **volumes, "FLAGMETER_MOLECULE_IMAGE": image, "MOLECULE_EPHEMERAL_DIRECTORY": str(state)}
     result = subprocess.run(
         ["molecule", "-c", str(BASE_CONFIG), "test", "-s", scenario],
         cwd=REPO / project,
