@@ -133,42 +133,26 @@ def _supervise(processes: int, serve: Callable[[], None]) -> int:
 async def _worker(settings: Settings, concurrency: int) -> None:
     from aiohttp import web
 
+    from .api import health as endpoints
     from .api.errors import json_response
-    from .metrics import render
     from .store import Store
     from .stream import Stream
     from .worker import Worker
 
     store = await Store.connect(settings.database_url, size=max(4, concurrency + 2))
-    stream = Stream.from_url(
-        settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
-    )
+    stream = Stream.from_settings(settings)
     worker = Worker(settings, store, stream, concurrency=concurrency)
-
-    async def metrics_page(_: web.Request) -> web.Response:
-        body, content_type = render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def health(_: web.Request) -> web.Response:
         return json_response({"status": "stopping" if worker.stopping else "ok"})
 
-    async def ready(_: web.Request) -> web.Response:
-        down = []
-        for name, check in (("postgres", store.ping), ("redis", stream.ping)):
-            try:
-                await asyncio.wait_for(check(), 3)
-            except Exception:
-                down.append(name)
-        if down:
-            return json_response({"status": "unavailable", "unreachable": down}, 503)
-        return json_response({"status": "ready"})
-
     runner = None
     if settings.worker_metrics_port:
         app = web.Application()
-        app.router.add_get("/metrics", metrics_page)
+        app["store"], app["stream"] = store, stream  # what the shared /ready checks
+        app.router.add_get("/metrics", endpoints.metrics_endpoint)
         app.router.add_get("/health", health)
-        app.router.add_get("/ready", ready)
+        app.router.add_get("/ready", endpoints.ready)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", settings.worker_metrics_port).start()
@@ -327,9 +311,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     settings = _settings(argparse.Namespace(dev=True))
 
     async def act() -> int:
-        stream = Stream.from_url(
-            settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
-        )
+        stream = Stream.from_settings(settings)
         try:
             if args.replay:
                 moved = 0

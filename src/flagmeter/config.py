@@ -39,7 +39,6 @@ class Settings:
     log_level: str = "INFO"
     public_url: str = "http://localhost:8080"
     stream: str = "flagmeter:events"
-    dead_letter_stream: str = "flagmeter:events:dead"
     consumer_group: str = "flagmeter-workers"
     batch_size: int = 1000
     claim_idle_ms: int = 30000
@@ -51,6 +50,10 @@ class Settings:
     alert_timeout_ms: int = 10_000
     alert_retry_base_ms: int = 30_000
     alert_max_attempts: int = 8
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream}:dead"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, dev: bool = False) -> Settings:
@@ -77,7 +80,6 @@ class Settings:
             log_level=env.get("FLAGMETER_LOG_LEVEL", "INFO").upper(),
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
             stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),
-            dead_letter_stream=env.get("FLAGMETER_STREAM", "flagmeter:events") + ":dead",
             consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", "flagmeter-workers"),
             batch_size=_int(env, "FLAGMETER_BATCH_SIZE", 1000, 1),
             claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", 30000, 100),

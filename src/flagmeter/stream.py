@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .config import Settings
 from .events import Event
 
 # The appends of every request that arrived in one event-loop turn, in one atomic call.
@@ -134,6 +135,12 @@ class Stream:
             socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
         )  # fmt: skip
         return cls(redis.Redis(connection_pool=pool), stream, group, dead_letter)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Stream:
+        return cls.from_url(
+            settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
+        )
 
     async def close(self) -> None:
         await self.client.aclose()

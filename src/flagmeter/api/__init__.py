@@ -57,9 +57,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app["settings"]
     store = await Store.connect(settings.database_url, size=settings.db_pool_size)
-    stream = Stream.from_url(
-        settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
-    )
+    stream = Stream.from_settings(settings)
     app["store"] = store
     app["stream"] = stream
     app["directory"] = Directory(store, settings.admin_token)

@@ -1,4 +1,4 @@
-"""Liveness, readiness, metrics and the OpenAPI document."""
+"""Liveness, readiness, metrics and the OpenAPI document (readiness and metrics serve the worker too)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from importlib import resources
 from aiohttp import web
 
 from .. import metrics
-from ..store import StoreUnavailable
-from ..stream import StreamUnavailable
 from .errors import json_response
 
 OPENAPI = (resources.files("flagmeter") / "openapi.json").read_bytes()
@@ -23,10 +21,7 @@ async def ready(request: web.Request) -> web.Response:
     checks = {"postgres": request.app["store"].ping(), "redis": request.app["stream"].ping()}
     results = await asyncio.gather(*(asyncio.wait_for(c, 3) for c in checks.values()), return_exceptions=True)
     down = sorted(
-        name
-        for name, result in zip(checks, results, strict=True)
-        if isinstance(result, StoreUnavailable | StreamUnavailable | TimeoutError | OSError)
-        or isinstance(result, BaseException)
+        name for name, result in zip(checks, results, strict=True) if isinstance(result, BaseException)
     )
     if down:
         return json_response(
