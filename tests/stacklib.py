@@ -59,6 +59,27 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
+def _healthy(process: Process, port: int) -> tuple[Process, str]:
+    """Wait for the process's /health on `port`; on failure, fail with its output."""
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health")
+    except TimeoutError:
+        raise AssertionError(process.output()) from None
+    return process, url
+
+
+def fresh_database(database_url: str) -> str:
+    """A new, empty database on the same server; returns its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return database_url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @dataclass
 class Stack:
     servers: LocalStack
@@ -93,22 +114,12 @@ class Stack:
     def start_api(self, processes: int = 2, **env: str) -> tuple[Process, str]:
         port = free_port()
         process = self.spawn("api", "--processes", str(processes), PORT=str(port), **env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health")
-        except TimeoutError:
-            raise AssertionError(process.output()) from None
-        return process, url
+        return _healthy(process, port)
 
     def start_worker(self, **env: str) -> tuple[Process, str]:
         port = free_port()
         process = self.spawn("worker", FLAGMETER_WORKER_METRICS_PORT=str(port), **env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health")
-        except TimeoutError:
-            raise AssertionError(process.output()) from None
-        return process, url
+        return _healthy(process, port)
 
     # -- plain synchronous HTTP for tests ---------------------------------------------------
 

@@ -5,27 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import psycopg2
 
 from flagmeter.localstack import LocalStack
 from flagmeter.store import migration_files
-
-
-def _fresh_database(servers: LocalStack) -> str:
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(servers.database_url)
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return servers.database_url.rsplit("/", 1)[0] + f"/{name}"
+from stacklib import fresh_database
 
 
 def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schema(
     servers: LocalStack,
 ) -> None:
-    url = _fresh_database(servers)
+    url = fresh_database(servers.database_url)
     env = {**os.environ, "DATABASE_URL": url}
     runs = [
         subprocess.Popen(
@@ -48,7 +39,7 @@ def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schem
 
 
 def test_migrate_again_applies_nothing(servers: LocalStack) -> None:
-    url = _fresh_database(servers)
+    url = fresh_database(servers.database_url)
     env = {**os.environ, "DATABASE_URL": url}
     for _ in range(2):
         done = subprocess.run(

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from stacklib import Stack
+from stacklib import Stack, fresh_database
 
 
 def ev(tokens: int) -> dict[str, object]:
@@ -74,12 +74,7 @@ def test_a_worker_ahead_of_the_schema_waits_for_migrate_instead_of_dead_letterin
     import psycopg2
     import redis
 
-    name = f"behind_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(stack.database_url)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    admin.close()
-    url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = fresh_database(stack.database_url)
     stream = f"test:{uuid.uuid4().hex[:8]}"
     env = {
         "DATABASE_URL": url,

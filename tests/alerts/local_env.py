@@ -24,6 +24,7 @@ import redis
 from aiohttp import web
 
 from flagmeter.localstack import free_port
+from stacklib import fresh_database
 
 REDIS_DATABASES = 16  # the server's default; 0 is the session stack's
 
@@ -52,13 +53,7 @@ class LocalEnv:
 
     @classmethod
     def create(cls, stack: Any, **env: str) -> LocalEnv:
-        name = f"fm_{uuid.uuid4().hex[:10]}"
-        admin = psycopg2.connect(stack.database_url)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        admin.close()
-        database_url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+        database_url = fresh_database(stack.database_url)
         redis_url = stack.redis_url.rsplit("/", 1)[0] + f"/{_next_redis_db(stack.redis_url)}"
         overrides = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **FAST_DELIVERY, **env}
         subprocess.run(
