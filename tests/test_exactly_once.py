@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 
+import orjson
 import pytest
 import redis
 
@@ -156,5 +157,38 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(
         # The line keeps moving after the poison entry.
         status, _, _ = stack.request("POST", "/v1/events", ev(1), token=key)
         assert status == 202
+    finally:
+        worker.stop()
+
+
+def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_that_tenants_events(
+    stack: Stack,
+) -> None:
+    env = _isolated(stack)
+    tenant, _ = stack.create_tenant()
+    missing = f"gone-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(stack.redis_url)
+    stream = env["FLAGMETER_STREAM"]
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    rows = [
+        [tenant, "a", "chat", 5, now, now],
+        [missing, "b", "chat", 7, now, now],
+        [tenant, "c", "tts", 2, now, now],
+    ]
+    client.xadd(stream, {"e": orjson.dumps(rows)})  # one admin request, as the API appends it
+    worker, _ = stack.start_worker(**env)
+    try:
+        stack.wait_used(tenant, 7)
+        deadline = time.monotonic() + 20
+        while client.xlen(f"{stream}:dead") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        [(_, fields)] = client.xrange(f"{stream}:dead")
+        assert fields[b"reason"] == b"unknown_tenant"
+        assert orjson.loads(fields[b"e"]) == [rows[1]]
+        assert client.xlen(stream) == 0
+        time.sleep(0.5)
+        assert stack.usage(tenant)["used"] == 7
     finally:
         worker.stop()

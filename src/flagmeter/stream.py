@@ -23,17 +23,16 @@ from .config import Settings
 from .events import Event
 
 # The appends of every request that arrived in one event-loop turn, in one atomic call.
-# ARGV: now_ms, then per request: bucket key index (0: not limited), rate, n, n payloads.
-# Per request, a request is either rate limited or wholly appended; the reply holds, per request,
-# the number of entries appended, or -(milliseconds to wait) when over its tenant's limit.
+# A request's accepted events travel as ONE stream entry (a JSON array of rows): one XADD, one
+# decode and one ack per request, however many events it holds.
+# ARGV: now_ms, then per request: bucket key index (0: not limited), rate, payload.
+# The reply holds, per request, 1 when appended or -(milliseconds to wait) when over its tenant's limit.
 APPEND_LUA = """
 local now = tonumber(ARGV[1])
 local results = {}
-local i = 2
-while i <= #ARGV do
-  local key, rate, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-  local result = n
+for i = 2, #ARGV, 3 do
+  local key, rate = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local result = 1
   if key > 0 then
     local burst = rate * 2
     local bucket = redis.call('HMGET', KEYS[key], 'tokens', 'at')
@@ -48,26 +47,23 @@ while i <= #ARGV do
       redis.call('PEXPIRE', KEYS[key], math.ceil(burst * 1000 / rate) + 1000)
     end
   end
-  if result >= 0 then
-    for j = i, i + n - 1 do
-      redis.call('XADD', KEYS[1], '*', 'e', ARGV[j])
-    end
+  if result > 0 then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
   end
   results[#results + 1] = result
-  i = i + n
 end
 return results
 """
 
 
-MAX_APPEND_PAYLOADS = 5000
+MAX_APPEND_EVENTS = 5000  # per script call: Redis runs it atomically, keep it short
 
 
 @dataclass(slots=True)
 class _Append:
     bucket: str | None
     rate: int
-    payloads: list[bytes]
+    payload: bytes
     done: asyncio.Future[int]
 
 
@@ -83,11 +79,11 @@ class RateLimited(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry: an event, or the raw payload when it could not be decoded."""
+    """One stream entry: the events one request had accepted; `events` is None when undecodable."""
 
     id: str
     payload: bytes
-    event: Event | None
+    events: tuple[Event, ...] | None
     deliveries: int = 1
 
 
@@ -99,14 +95,21 @@ class Backlog:
     dead_letters: int
 
 
+def encode(events: Sequence[Event]) -> bytes:
+    return orjson.dumps([event.as_row() for event in events])
+
+
 def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     payload = fields.get(b"e", b"")
     try:
-        event = Event.from_row(orjson.loads(payload))
-    except (orjson.JSONDecodeError, ValueError, TypeError):
-        event = None
-    return Entry(ident, payload, event)
+        rows = orjson.loads(payload)
+        if rows and not isinstance(rows[0], list):
+            rows = [rows]  # one bare row: an entry written before entries held whole requests
+        events: tuple[Event, ...] | None = tuple(Event.from_row(row) for row in rows) or None
+    except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
+        events = None
+    return Entry(ident, payload, events)
 
 
 def consumer_name() -> str:
@@ -121,7 +124,7 @@ class Stream:
         self.dead_letter = dead_letter
         self._append = client.register_script(APPEND_LUA)
         self._waiting: list[_Append] = []
-        self._waiting_payloads = 0
+        self._waiting_events = 0
         self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -161,24 +164,24 @@ class Stream:
         request = _Append(
             f"flagmeter:ratelimit:{tenant}" if limited else None,
             rate,
-            [orjson.dumps(event.as_row()) for event in events],
+            encode(events),
             asyncio.get_running_loop().create_future(),
         )
         self._waiting.append(request)
-        self._waiting_payloads += len(request.payloads)
-        if self._waiting_payloads >= MAX_APPEND_PAYLOADS:
+        self._waiting_events += len(events)
+        if self._waiting_events >= MAX_APPEND_EVENTS:
             self._flush()  # keep each script call short: Redis runs it atomically
         elif len(self._waiting) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
         result = await request.done
         if result < 0:
             raise RateLimited(-result)
-        return result
+        return len(events)
 
     def _flush(self) -> None:
         if not self._waiting:
             return
-        batch, self._waiting, self._waiting_payloads = self._waiting, [], 0
+        batch, self._waiting, self._waiting_events = self._waiting, [], 0
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -188,11 +191,10 @@ class Stream:
         args: list[Any] = [int(time.time() * 1000)]
         for request in batch:
             if request.bucket is None:
-                args += [0, 0, len(request.payloads)]
+                args += [0, 0, request.payload]
             else:
                 keys.append(request.bucket)
-                args += [len(keys), request.rate, len(request.payloads)]
-            args += request.payloads
+                args += [len(keys), request.rate, request.payload]
         try:
             results = await self._append(keys=keys, args=args)
         except (RedisError, OSError) as error:
@@ -253,7 +255,7 @@ class Stream:
             )
             for p in pending
         }
-        return [Entry(e.id, e.payload, e.event, deliveries.get(e.id, 1)) for e in entries]
+        return [Entry(e.id, e.payload, e.events, deliveries.get(e.id, 1)) for e in entries]
 
     async def ack(self, ids: Sequence[str]) -> None:
         """Acknowledge and delete: the stream then holds only what is not yet counted."""

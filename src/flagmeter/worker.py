@@ -17,7 +17,7 @@ from . import metrics
 from .config import Settings
 from .delivery import Courier
 from .store import BatchResult, Store, StoreUnavailable
-from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name
+from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,24 @@ class Worker:
     async def _consume(self, consumer: str) -> None:
         log.info("consumer started", extra={"consumer": consumer})
         next_reclaim = 0.0
+        per_entry = 1.0  # events per entry lately: entries are requests, of 1 to 1,000 events
         while not self.stopping:
             try:
+                # Read about one transaction's worth of events, whatever the requests' sizes.
+                count = max(1, int(self.settings.batch_size / per_entry))
                 entries: list[Entry] = []
                 if time.monotonic() >= next_reclaim:
-                    entries = await self.stream.reclaim(
-                        consumer, self.settings.claim_idle_ms, self.settings.batch_size
-                    )
+                    entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
                     next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
                 if not entries:
-                    entries = await self.stream.read(consumer, self.settings.batch_size, block_ms=1000)
+                    entries = await self.stream.read(consumer, count, block_ms=1000)
+                events = 0
+                for group in transactions(entries, self.settings.batch_size):
+                    await self.count(group)
+                    events += sum(len(e.events or ()) for e in group)
                 if entries:
-                    await self.count(entries)
-                if 0 < len(entries) < SMALL_BATCH:
+                    per_entry = max(1.0, events / len(entries))
+                if 0 < events < SMALL_BATCH:
                     # A light stream: let the next batch fill a little instead of paying a transaction
                     # per handful of events. Costs at most this much freshness.
                     await self._sleep(SMALL_BATCH_WAIT_S)
@@ -100,9 +105,9 @@ class Worker:
         started = time.perf_counter()
         metrics.worker_busy.inc()
         try:
-            malformed = [e for e in entries if e.event is None]
+            malformed = [e for e in entries if e.events is None]
             exhausted = [
-                e for e in entries if e.event is not None and e.deliveries > self.settings.max_deliveries
+                e for e in entries if e.events is not None and e.deliveries > self.settings.max_deliveries
             ]
             await self.stream.dead_letter_entries(malformed, "malformed")
             await self.stream.dead_letter_entries(exhausted, "max_deliveries")
@@ -111,13 +116,13 @@ class Worker:
                     metrics.dead_letter_total.labels(reason).inc(len(group))
                     log.error("entries dead-lettered", extra={"reason": reason, "count": len(group)})
             live = [
-                e for e in entries if e.event is not None and e.deliveries <= self.settings.max_deliveries
+                e for e in entries if e.events is not None and e.deliveries <= self.settings.max_deliveries
             ]
             if live:
                 await self._write(live)
         finally:
             metrics.worker_busy.dec()
-            metrics.worker_batch_size.observe(len(entries))
+            metrics.worker_batch_size.observe(sum(len(e.events or ()) for e in entries))
             metrics.worker_batch_duration.observe(time.perf_counter() - started)
 
     async def _write(self, entries: list[Entry]) -> None:
@@ -125,7 +130,7 @@ class Worker:
         while True:
             try:
                 result = await self.store.write_batch(
-                    [e.event for e in entries if e.event is not None],
+                    [event for e in entries for event in e.events or ()],
                     slack_fallback=bool(self.settings.slack_webhook_url),
                 )
                 break
@@ -148,8 +153,9 @@ class Worker:
                     await self._write([entry])
                 return
 
-        unknown = [e for e in entries if e.event is not None and e.event.tenant in result.unknown_tenants]
+        unknown = _unknown_tenant_parts(entries, result.unknown_tenants)
         if unknown:
+            # The rest of each such entry is counted: only the unknown tenants' events are set aside.
             await self.stream.dead_letter_entries(unknown, "unknown_tenant")
             metrics.dead_letter_total.labels("unknown_tenant").inc(len(unknown))
         unknown_ids = {e.id for e in unknown}
@@ -159,7 +165,7 @@ class Worker:
         metrics.worker_events_duplicate.inc(result.duplicates)
         for tenant, tokens in result.tokens_by_tenant.items():
             metrics.tenant_tokens.labels(tenant).inc(tokens)
-        oldest = min(e.event.received_ms for e in entries if e.event is not None)
+        oldest = min(event.received_ms for e in entries for event in e.events or ())
         metrics.rollup_lag.set(max(time.time() - oldest / 1000, 0.0))
         for alert in result.alerts:
             metrics.alerts_fired.labels(str(alert.threshold)).inc()
@@ -197,3 +203,30 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds * random.uniform(0.8, 1.2))
         except TimeoutError:
             pass
+
+
+def transactions(entries: Sequence[Entry], limit: int) -> list[list[Entry]]:
+    """Split a read into transactions of at most `limit` events; an entry (a request) is never split."""
+    groups: list[list[Entry]] = []
+    size = 0
+    for entry in entries:
+        n = len(entry.events or ())
+        if not groups or size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry)
+        size += n
+    return groups
+
+
+def _unknown_tenant_parts(entries: Sequence[Entry], unknown_tenants: frozenset[str]) -> list[Entry]:
+    """Per entry holding events of tenants that do not exist, an entry of just those events."""
+    if not unknown_tenants:
+        return []
+    parts = []
+    for entry in entries:
+        events = tuple(event for event in entry.events or () if event.tenant in unknown_tenants)
+        if events:
+            payload = entry.payload if len(events) == len(entry.events or ()) else encode(events)
+            parts.append(Entry(entry.id, payload, events, entry.deliveries))
+    return parts
