@@ -209,3 +209,27 @@ def test_event_ids_with_quotes_backslashes_and_braces_are_stored_verbatim_and_de
     assert stack.usage(tenant)["used"] == len(ids)
     stored = stack.sql("SELECT event_id FROM events WHERE tenant_id = %s", (tenant,))
     assert sorted(row[0] for row in stored) == sorted(ids)
+
+
+@pytest.mark.slow
+def test_a_worker_starting_on_a_backlog_of_large_requests_holds_a_few_at_a_time(stack: Stack) -> None:
+    env = _isolated(stack)
+    tenant, _ = stack.create_tenant(quota=10**12)
+    client = redis.Redis.from_url(stack.redis_url)
+    stream = env["FLAGMETER_STREAM"]
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    with client.pipeline(transaction=False) as pipe:
+        for request in range(200):  # 200,000 events waiting, in requests of 1,000
+            rows = [[tenant, f"{request}-{i}", "chat", 1, now, now] for i in range(1000)]
+            pipe.xadd(stream, {"e": orjson.dumps(rows)})
+        pipe.execute()
+    worker, _ = stack.start_worker(**env)
+    try:
+        stack.wait_used(tenant, 200_000, timeout=120)
+        status = open(f"/proc/{worker.popen.pid}/status").read()
+        peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+        # Reading the whole backlog at once would hold ~200 MB of entries and events.
+        assert peak_mb < 120, f"worker peaked at {peak_mb:.0f} MB"
+    finally:
+        worker.stop()

@@ -40,7 +40,7 @@ class Settings:
     public_url: str = "http://localhost:8080"
     stream: str = "flagmeter:events"
     consumer_group: str = "flagmeter-workers"
-    batch_size: int = 1000
+    batch_size: int = 4000
     claim_idle_ms: int = 30000
     max_deliveries: int = 5
     db_pool_size: int = 10
@@ -81,7 +81,7 @@ class Settings:
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
             stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),
             consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", "flagmeter-workers"),
-            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", 1000, 1),
+            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", 4000, 1),
             claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", 30000, 100),
             max_deliveries=_int(env, "FLAGMETER_MAX_DELIVERIES", 5, 1),
             db_pool_size=_int(env, "FLAGMETER_DB_POOL_SIZE", 10, 1),

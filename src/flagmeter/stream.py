@@ -215,7 +215,8 @@ class Stream:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries for `consumer`; waits up to `block_ms` for some (None: answer at once)."""
         try:
             reply = await self.client.xreadgroup(
                 self.group, consumer, {self.name: ">"}, count=count, block=block_ms

@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from . import metrics
 from .config import Settings
 from .delivery import Courier
+from .events import MAX_BATCH
 from .store import BatchResult, Store, StoreUnavailable
 from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
 
 log = logging.getLogger(__name__)
 
 SMALL_BATCH = 50
+MAX_READ = 64
 SMALL_BATCH_WAIT_S = 0.05
 
 AfterCommit = Callable[[BatchResult], Awaitable[None]]
@@ -75,21 +77,27 @@ class Worker:
     async def _consume(self, consumer: str) -> None:
         log.info("consumer started", extra={"consumer": consumer})
         next_reclaim = 0.0
-        per_entry = 1.0  # events per entry lately: entries are requests, of 1 to 1,000 events
+        # Events per entry lately: entries are requests, of 1 to MAX_BATCH events. Assume the largest
+        # until seen, so a worker starting on a backlog of big requests reads a few, not thousands.
+        per_entry = float(MAX_BATCH)
         while not self.stopping:
             try:
-                # Read about one transaction's worth of events, whatever the requests' sizes.
-                count = max(1, int(self.settings.batch_size / per_entry))
+                # A transaction's worth of events, read MAX_READ entries at most at a time: a burst
+                # of big requests after small ones then holds at most MAX_READ x MAX_BATCH more.
+                count = max(1, min(int(self.settings.batch_size / per_entry), MAX_READ))
                 entries: list[Entry] = []
                 if time.monotonic() >= next_reclaim:
                     entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
                     next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
                 if not entries:
                     entries = await self.stream.read(consumer, count, block_ms=1000)
-                events = 0
+                last = entries
+                while len(last) == count and _events(entries) < self.settings.batch_size:
+                    last = await self.stream.read(consumer, count, block_ms=None)  # more is waiting
+                    entries += last
                 for group in transactions(entries, self.settings.batch_size):
                     await self.count(group)
-                    events += sum(len(e.events or ()) for e in group)
+                events = _events(entries)
                 if entries:
                     per_entry = max(1.0, events / len(entries))
                 if 0 < events < SMALL_BATCH:
@@ -122,7 +130,7 @@ class Worker:
                 await self._write(live)
         finally:
             metrics.worker_busy.dec()
-            metrics.worker_batch_size.observe(sum(len(e.events or ()) for e in entries))
+            metrics.worker_batch_size.observe(_events(entries))
             metrics.worker_batch_duration.observe(time.perf_counter() - started)
 
     async def _write(self, entries: list[Entry]) -> None:
@@ -203,6 +211,10 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds * random.uniform(0.8, 1.2))
         except TimeoutError:
             pass
+
+
+def _events(entries: Sequence[Entry]) -> int:
+    return sum(len(entry.events or ()) for entry in entries)
 
 
 def transactions(entries: Sequence[Entry], limit: int) -> list[list[Entry]]:
