@@ -29,9 +29,9 @@ def _children_by_parent() -> dict[int, list[int]]:
     return children
 
 
-def process_tree(root: int) -> list[int]:
-    """The root pid and every descendant alive now."""
-    children = _children_by_parent()
+def process_tree(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """The root pid and every descendant alive now (or in `children`, one scan of /proc)."""
+    children = _children_by_parent() if children is None else children
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -117,8 +117,9 @@ class ResourceSampler:
 
     def _sample(self) -> None:
         rss: dict[str, int] = {}
+        children = _children_by_parent()  # once per sample: scanning /proc is the sampler's main cost
         for role, root in self.roles.items():
-            alive = [pid for pid in process_tree(root) if Path(f"/proc/{pid}").exists()]
+            alive = [pid for pid in process_tree(root, children) if Path(f"/proc/{pid}").exists()]
             sizes = [_memory_bytes(pid) for pid in alive]
             rss[role] = sum(size[0] for size in sizes)
             usage = self.usage[role]

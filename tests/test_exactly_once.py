@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from stacklib import Stack
+from stacklib import Process, Stack
 
 
 def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
@@ -63,6 +63,11 @@ def _isolated(stack: Stack, **env: str) -> dict[str, str]:
     return {"FLAGMETER_STREAM": f"test:{uuid.uuid4().hex[:8]}", **env}
 
 
+def _holding(client: redis.Redis, stream: str, worker: Process) -> bool:
+    consumers = client.xinfo_consumers(stream, "flagmeter-workers")
+    return any(f"-{worker.popen.pid}-" in c["name"].decode() and c["pending"] > 0 for c in consumers)
+
+
 def _post_in_background(
     stack: Stack, url: str, key: str, batches: list[list[dict[str, object]]]
 ) -> threading.Thread:
@@ -87,14 +92,14 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
     killed_holding = 0
     poster = _post_in_background(stack, url, key, batches + batches[:5])  # the last five are client retries
     try:
-        for round_ in range(12):  # kill workers until several died holding entries
+        for _ in range(4):
             worker, _ = stack.start_worker(**env)
-            time.sleep(random.uniform(0.3, 1.0))
+            # Kill it the moment it holds entries it has not acked (its consumer name holds its pid).
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not _holding(client, env["FLAGMETER_STREAM"], worker):
+                time.sleep(0.005)
+            killed_holding += _holding(client, env["FLAGMETER_STREAM"], worker)
             worker.stop(signal.SIGKILL)
-            pending = client.xpending(env["FLAGMETER_STREAM"], "flagmeter-workers")["pending"]
-            killed_holding += pending > 0
-            if round_ >= 3 and (killed_holding >= 2 or not poster.is_alive()):
-                break
         poster.join(120)
         first, _ = stack.start_worker(**env)
         second, _ = stack.start_worker(**env)  # the dead workers' entries are reclaimed by either
@@ -102,7 +107,7 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
         time.sleep(1.5)
         assert stack.usage(tenant)["used"] == expected
         assert counted_rows(stack, tenant) == 30_000
-        assert killed_holding > 0, "no kill happened while a worker held a batch; the test proved nothing"
+        assert killed_holding >= 2, "workers were not killed holding entries; the test proved nothing"
         assert client.xlen(env["FLAGMETER_STREAM"]) == 0
         for worker in (first, second):
             assert worker.stop() == 0  # SIGTERM: finish the batch in hand, exit 0

@@ -333,16 +333,22 @@ class Store:
             unknown = frozenset(set(tenant_ids) - set(billing_days))
             if not known:
                 return BatchResult(0, 0, {}, unknown)
-            period_ms = _period_starts(known, billing_days)
+            # The first of each id within the batch, in key order: concurrent workers then take the
+            # ledger's row locks in the same order and cannot deadlock.
+            first: dict[tuple[str, str], Event] = {}
+            for event in known:
+                first.setdefault((event.tenant, event.id), event)
+            batch = [first[key] for key in sorted(first)]
+            period_ms = _period_starts(batch, billing_days)
             await cur.execute(
                 WRITE_BATCH_SQL,
                 (
-                    _text_array([e.tenant for e in known]),
-                    _text_array([e.id for e in known]),
-                    _text_array([e.feature for e in known]),
-                    _int_array([e.tokens for e in known]),
-                    _int_array([e.occurred_ms for e in known]),
-                    _int_array([e.received_ms for e in known]),
+                    _text_array([e.tenant for e in batch]),
+                    _text_array([e.id for e in batch]),
+                    _text_array([e.feature for e in batch]),
+                    _int_array([e.tokens for e in batch]),
+                    _int_array([e.occurred_ms for e in batch]),
+                    _int_array([e.received_ms for e in batch]),
                     _int_array(period_ms),
                 ),
             )
@@ -558,14 +564,12 @@ def _period_starts(events: Iterable[Event], billing_days: dict[str, int]) -> lis
 
 WRITE_BATCH_SQL = """
 WITH input AS (
-    SELECT DISTINCT ON (tenant_id, event_id)
-           tenant_id, event_id, feature, tokens,
+    SELECT tenant_id, event_id, feature, tokens,
            to_timestamp(occurred_ms / 1000.0) AS occurred_at,
            to_timestamp(received_ms / 1000.0) AS received_at,
            to_timestamp(period_ms / 1000.0) AS period_start
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
-         WITH ORDINALITY AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms, n)
-    ORDER BY tenant_id, event_id, n
+         AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms)
 ), fresh AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
     SELECT tenant_id, event_id, received_at FROM input
