@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,3 +113,27 @@ def test_prune_drops_old_month_partitions_and_expired_dedup_rows(stack: Stack) -
     assert stack.sql("SELECT event_id FROM event_ids WHERE tenant_id = %s", (stale,)) == [("recent",)]
     current = stack.sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")[0][0]
     assert current >= 6  # this month's neighbours are untouched
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(child) for child in out.split()}
+
+
+def test_the_api_supervisor_replaces_a_process_that_dies_and_keeps_serving(stack: Stack) -> None:
+    api, url = stack.start_api(processes=2)
+    try:
+        before = _children(api.popen.pid)
+        assert len(before) == 2
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(_children(api.popen.pid) - {victim}) < 2:
+            assert time.monotonic() < deadline, "the dead API process was not replaced"
+            time.sleep(0.1)
+        for _ in range(20):  # both processes answer, whichever the kernel picks
+            assert stack.request("GET", "/health", base=url)[0] == 200
+        status, _, _ = stack.request("GET", "/metrics", base=url)
+        assert status == 200
+    finally:
+        assert api.stop() == 0
