@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 
@@ -91,15 +92,21 @@ def test_a_worker_ahead_of_the_schema_waits_for_migrate_instead_of_dead_letterin
         time.sleep(4)  # many reclaim rounds: an entry-level failure would be dead-lettered by now
         assert client.xlen(f"{stream}:dead") == 0
         assert stack.request("GET", "/ready", token=None, base=metrics_url)[0] == 503
-        subprocess.run(
-            [sys.executable, "-m", "flagmeter.cli", "migrate"],
-            env={**stack.env, **env},
-            check=True,
-            capture_output=True,
-        )
-        with psycopg2.connect(url) as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO tenants (id, name, monthly_quota) VALUES ('early', 'Early', 100)")
-        conn.close()
+        # Paused, so it cannot retry between the migration and the tenant's creation (a tenant
+        # cannot exist before the schema; in between, the entry would rightly be an unknown tenant's).
+        worker.popen.send_signal(signal.SIGSTOP)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "flagmeter.cli", "migrate"],
+                env={**stack.env, **env},
+                check=True,
+                capture_output=True,
+            )
+            with psycopg2.connect(url) as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO tenants (id, name, monthly_quota) VALUES ('early', 'Early', 100)")
+            conn.close()
+        finally:
+            worker.popen.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 30
         while client.xlen(stream) > 0:
             assert time.monotonic() < deadline, "the held entry was never counted after migrate"
@@ -111,3 +118,15 @@ def test_a_worker_ahead_of_the_schema_waits_for_migrate_instead_of_dead_letterin
         assert client.xlen(f"{stream}:dead") == 0
     finally:
         worker.stop()
+
+
+def test_appends_go_on_after_redis_forgets_its_scripts(stack: Stack) -> None:
+    import redis
+
+    tenant, key = stack.create_tenant()
+    assert stack.request("POST", "/v1/events", ev(1), token=key)[0] == 202
+    redis.Redis.from_url(stack.redis_url).script_flush()  # as after a Redis restart without persistence
+    for _ in range(4):  # every API process meets the missing script
+        status, body, _ = stack.request("POST", "/v1/events", ev(2), token=key)
+        assert status == 202, body
+    stack.wait_used(tenant, 9)

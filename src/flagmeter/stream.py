@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
@@ -56,7 +56,8 @@ return results
 """
 
 
-MAX_APPEND_EVENTS = 5000  # per script call: Redis runs it atomically, keep it short
+MAX_APPEND_BYTES = 512 * 1024  # per script call: Redis runs it atomically, keep it short
+APPENDS_IN_FLIGHT = 1
 
 
 @dataclass(slots=True)
@@ -124,8 +125,8 @@ class Stream:
         self.dead_letter = dead_letter
         self._append = client.register_script(APPEND_LUA)
         self._waiting: list[_Append] = []
-        self._waiting_events = 0
         self._sending: set[asyncio.Task[None]] = set()
+        self._append_connection: Any = None
 
     @classmethod
     def from_url(
@@ -146,6 +147,8 @@ class Stream:
         )
 
     async def close(self) -> None:
+        if self._append_connection is not None:
+            await self._append_connection.disconnect()
         await self.client.aclose()
 
     async def ping(self) -> None:
@@ -157,8 +160,9 @@ class Stream:
     async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int) -> int:
         """Append accepted events; when `tenant` is given its request bucket is charged first.
 
-        Requests arriving in the same event-loop turn share one script call: one Redis round trip
-        and one trip through redis-py for all of them.
+        Group commit: one script call at a time per process; the requests that arrive while it is
+        in flight share the next call, so a busy process makes fewer, fuller Redis round trips
+        (and fewer trips through redis-py, which cost more CPU than the round trip itself).
         """
         limited = rate > 0 and tenant is not None
         request = _Append(
@@ -168,23 +172,25 @@ class Stream:
             asyncio.get_running_loop().create_future(),
         )
         self._waiting.append(request)
-        self._waiting_events += len(events)
-        if self._waiting_events >= MAX_APPEND_EVENTS:
-            self._flush()  # keep each script call short: Redis runs it atomically
-        elif len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)  # after this turn: its requests join
         result = await request.done
         if result < 0:
             raise RateLimited(-result)
         return len(events)
 
-    def _flush(self) -> None:
-        if not self._waiting:
-            return
-        batch, self._waiting, self._waiting_events = self._waiting, [], 0
+    def _flush(self, _done: object = None) -> None:
+        if not self._waiting or len(self._sending) >= APPENDS_IN_FLIGHT:
+            return  # the call in flight flushes again when it ends
+        take, size = 0, 0
+        while take < len(self._waiting) and (take == 0 or size < MAX_APPEND_BYTES):
+            size += len(self._waiting[take].payload)
+            take += 1
+        batch, self._waiting = self._waiting[:take], self._waiting[take:]
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._flush)
 
     async def _send(self, batch: list[_Append]) -> None:
         keys = [self.name]
@@ -196,8 +202,8 @@ class Stream:
                 keys.append(request.bucket)
                 args += [len(keys), request.rate, request.payload]
         try:
-            results = await self._append(keys=keys, args=args)
-        except (RedisError, OSError) as error:
+            results = await self._call_append(keys, args)
+        except Exception as error:  # whatever it is, no request may wait forever on its future
             for request in batch:
                 if not request.done.done():
                     request.done.set_exception(StreamUnavailable(str(error)))
@@ -205,6 +211,25 @@ class Stream:
         for request, result in zip(batch, results, strict=True):
             if not request.done.done():
                 request.done.set_result(int(result))
+
+    async def _call_append(self, keys: list[str], args: list[Any]) -> list[int]:
+        """The script call on a connection of its own, around redis-py's client layer.
+
+        Appends go one call at a time (see `append`), so one connection is enough; skipping the
+        client's pool, retry and script wrappers halves the CPU of a call (~250 -> ~130 us here).
+        """
+        if self._append_connection is None:
+            self._append_connection = self.client.connection_pool.make_connection()
+        connection = self._append_connection
+        try:
+            await connection.send_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+            return list(await connection.read_response())
+        except NoScriptError:  # Redis restarted and lost its script cache
+            await connection.send_command("EVAL", APPEND_LUA, len(keys), *keys, *args)
+            return list(await connection.read_response())
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
+            raise
 
     # -- consumer side ------------------------------------------------------------------
 
