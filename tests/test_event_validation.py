@@ -1,6 +1,10 @@
 """Event validation (pure): each rule and its error code."""
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flagmeter.events import MAX_AGE_MS, MAX_AHEAD_MS, Rejection, normalise, parse_timestamp
 
@@ -54,6 +58,17 @@ def test_client_id_and_timestamp_are_kept() -> None:
         ({"feature": "chat", "tokens": 1, "timestamp": 1764000000}, "invalid_timestamp"),
         ({"tenant": "globex", "feature": "chat", "tokens": 1}, "forbidden"),
         ({"tenant": "Bad Tenant", "feature": "chat", "tokens": 1}, "invalid_tenant"),
+        ({"tenant": ["acme"], "feature": "chat", "tokens": 1}, "invalid_tenant"),
+        ({"feature": ["chat"], "tokens": 1}, "invalid_feature"),
+        ({"feature": {"chat": 1}, "tokens": 1}, "invalid_feature"),
+        ({"id": "del\x7f", "feature": "chat", "tokens": 1}, "invalid_id"),
+        ({"id": "tab\t", "feature": "chat", "tokens": 1}, "invalid_id"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-02-30T10:00:00Z"}, "invalid_timestamp"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:60Z"}, "invalid_timestamp"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T24:00:00Z"}, "invalid_timestamp"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00+24:00"}, "invalid_timestamp"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00+02:60"}, "invalid_timestamp"),
+        ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00.Z"}, "invalid_timestamp"),
     ],
 )
 def test_invalid_events_are_rejected_with_their_code(raw: object, code: str) -> None:
@@ -94,3 +109,21 @@ def test_nanosecond_fractions_and_offsets_parse() -> None:
     assert parse_timestamp("2025-11-24T12:00:00.123456789+02:00") == parse_timestamp(
         "2025-11-24T10:00:00.123Z"
     )
+
+
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2199, 12, 31)),
+    st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
+    st.sampled_from(["T", "t", " "]),
+)
+def test_timestamps_parse_to_the_same_instant_as_the_standard_library(
+    moment: datetime, offset_minutes: int, separator: str
+) -> None:
+    zone = timezone(timedelta(minutes=offset_minutes))
+    aware = moment.replace(tzinfo=zone)
+    text = aware.isoformat(sep=separator, timespec="milliseconds")
+    expected = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert parse_timestamp(text) == expected
+    if offset_minutes == 0:
+        assert parse_timestamp(text.replace("+00:00", "Z")) == expected
+        assert parse_timestamp(text.replace("+00:00", "z")) == expected

@@ -97,7 +97,7 @@ class Backlog:
 
 
 def encode(events: Sequence[Event]) -> bytes:
-    return orjson.dumps([event.as_row() for event in events])
+    return orjson.dumps(events, default=tuple)  # an Event, a named tuple, is written as its row
 
 
 def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
