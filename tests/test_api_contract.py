@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from stacklib import Stack
@@ -307,6 +309,35 @@ def test_rate_limit_answers_429_with_retry_after(stack: Stack) -> None:
         stack.wait_used(tenant, accepted)
     finally:
         api.stop()
+
+
+def test_large_batches_past_the_process_limit_wait_then_get_503_busy(stack: Stack) -> None:
+    tenant, key = stack.create_tenant(quota=10**9)
+    api, url = stack.start_api(processes=1, FLAGMETER_LARGE_BATCHES_IN_FLIGHT="1")
+    prefix = uuid.uuid4().hex + "-" + "x" * 40
+    big = [{"id": f"{prefix}-{i:06d}", "feature": "chat", "tokens": 1} for i in range(800)]
+    assert len(orjson.dumps(big)) > 64 * 1024
+    # A slow client holds the one slot: the headers of a large batch and the start of its body.
+    slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    try:
+        slow.sendall(
+            f"POST /v1/events HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 200000\r\n\r\n[".encode()
+        )
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, body, headers = stack.request("POST", "/v1/events", big, token=key, base=url)
+        assert status == 503 and body["error"]["code"] == "busy", body
+        assert headers["Retry-After"] == "1" and time.monotonic() - started >= 4  # it waited for a slot
+        # Small requests never wait for large ones.
+        assert stack.request("POST", "/v1/events", ev(3), token=key, base=url)[0] == 202
+    finally:
+        slow.close()
+    time.sleep(0.5)
+    status, body, _ = stack.request("POST", "/v1/events", big, token=key, base=url)
+    assert status == 202 and body["accepted"] == 800
+    stack.wait_used(tenant, 803)
+    api.stop()
 
 
 # -- usage ----------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ http_request_duration = Histogram(
 events_accepted = Counter("flagmeter_events_accepted_total", "Events accepted into the stream")
 events_rejected = Counter("flagmeter_events_rejected_total", "Events rejected, by reason", ["reason"])
 rate_limited = Counter("flagmeter_rate_limited_total", "Requests refused by the per-tenant rate limit")
+busy_rejections = Counter(
+    "flagmeter_busy_rejections_total", "Large batches refused (503) after waiting for a slot in their process"
+)
 
 stream_length = Gauge(
     "flagmeter_stream_length", "Entries in the event stream not yet counted", multiprocess_mode="max"

@@ -22,6 +22,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app["settings"] = settings
     app["max_body"] = MAX_BODY
+    # Per process, each ~1 MiB of body and ~1 MiB of objects at most: memory stays flat under overload.
+    app["large_bodies"] = asyncio.Semaphore(settings.large_batches_in_flight)
     app.cleanup_ctx.append(_resources)
     app.router.add_routes(
         [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -11,15 +12,39 @@ from aiohttp import web
 from .. import metrics
 from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
 from ..stream import RateLimited, StreamUnavailable
+from .auth import Principal
 from .errors import ApiError, json_response, read_json
 
 log = logging.getLogger(__name__)
 SINGLE_STATUS = {"unknown_tenant": 404, "forbidden": 403}
 
 
+LARGE_BODY = 64 * 1024  # a request this large (or chunked) holds one of FLAGMETER_LARGE_BATCHES_IN_FLIGHT
+LARGE_BODY_WAIT_S = 5.0
+
+
 async def post_events(request: web.Request) -> web.Response:
+    principal = await request.app["directory"].principal(request)
+    if (request.content_length or LARGE_BODY) < LARGE_BODY:  # a chunked body may be large
+        return await _ingest(request, principal)
+    # Big batches wait for one of a few slots before their body is read: under overload the
+    # process's memory stays flat and clients are slowed (then told to retry) instead.
+    slots: asyncio.Semaphore = request.app["large_bodies"]
+    try:
+        await asyncio.wait_for(slots.acquire(), LARGE_BODY_WAIT_S)
+    except TimeoutError:
+        metrics.busy_rejections.inc()
+        raise ApiError(
+            503, "busy", "too many large batches in flight; retry with the same ids", {"Retry-After": "1"}
+        ) from None
+    try:
+        return await _ingest(request, principal)
+    finally:
+        slots.release()
+
+
+async def _ingest(request: web.Request, principal: Principal) -> web.Response:
     app = request.app
-    principal = await app["directory"].principal(request)
     body = await read_json(request)
     if isinstance(body, dict):
         items: list[Any] = [body]
