@@ -222,14 +222,24 @@ class Stream:
             self._append_connection = self.client.connection_pool.make_connection()
         connection = self._append_connection
         try:
+            try:
+                return await self._run_append(connection, keys, args)
+            except RedisConnectionError:
+                # Redis closed this connection (it restarted, say): once more on a fresh one. Had the
+                # first call run after all, its events are appended twice and the worker counts them once.
+                await connection.disconnect(nowait=True)
+                return await self._run_append(connection, keys, args)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
+            raise
+
+    async def _run_append(self, connection: Any, keys: list[str], args: list[Any]) -> list[int]:
+        try:
             await connection.send_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
             return list(await connection.read_response())
         except NoScriptError:  # Redis restarted and lost its script cache
             await connection.send_command("EVAL", APPEND_LUA, len(keys), *keys, *args)
             return list(await connection.read_response())
-        except BaseException:
-            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
-            raise
 
     # -- consumer side ------------------------------------------------------------------
 
