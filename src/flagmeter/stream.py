@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .config import Settings
 from .events import Event
 
-# The appends of every request that arrived in one event-loop turn, in one atomic call.
+# The appends of the requests that waited for the previous call (see Stream.append), in one atomic call.
 # A request's accepted events travel as ONE stream entry (a JSON array of rows): one XADD, one
 # decode and one ack per request, however many events it holds.
 # ARGV: now_ms, then per request: bucket key index (0: not limited), rate, payload.
@@ -123,7 +123,7 @@ class Stream:
         self.name = stream
         self.group = group
         self.dead_letter = dead_letter
-        self._append = client.register_script(APPEND_LUA)
+        self._append_sha = client.register_script(APPEND_LUA).sha
         self._waiting: list[_Append] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._append_connection: Any = None
@@ -235,7 +235,7 @@ class Stream:
 
     async def _run_append(self, connection: Any, keys: list[str], args: list[Any]) -> list[int]:
         try:
-            await connection.send_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+            await connection.send_command("EVALSHA", self._append_sha, len(keys), *keys, *args)
             return list(await connection.read_response())
         except NoScriptError:  # Redis restarted and lost its script cache
             await connection.send_command("EVAL", APPEND_LUA, len(keys), *keys, *args)
