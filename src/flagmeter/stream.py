@@ -57,7 +57,6 @@ return results
 
 
 MAX_APPEND_BYTES = 512 * 1024  # per script call: Redis runs it atomically, keep it short
-APPENDS_IN_FLIGHT = 1
 
 
 @dataclass(slots=True)
@@ -125,7 +124,7 @@ class Stream:
         self.dead_letter = dead_letter
         self._append_sha = client.register_script(APPEND_LUA).sha
         self._waiting: list[_Append] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
         self._append_connection: Any = None
 
     @classmethod
@@ -179,18 +178,20 @@ class Stream:
             raise RateLimited(-result)
         return len(events)
 
-    def _flush(self, _done: object = None) -> None:
-        if not self._waiting or len(self._sending) >= APPENDS_IN_FLIGHT:
+    def _flush(self) -> None:
+        if not self._waiting or self._sending is not None:
             return  # the call in flight flushes again when it ends
         take, size = 0, 0
         while take < len(self._waiting) and (take == 0 or size < MAX_APPEND_BYTES):
             size += len(self._waiting[take].payload)
             take += 1
         batch, self._waiting = self._waiting[:take], self._waiting[take:]
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-        task.add_done_callback(self._flush)
+        self._sending = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add_done_callback(self._sent)
+
+    def _sent(self, _done: object) -> None:
+        self._sending = None
+        self._flush()
 
     async def _send(self, batch: list[_Append]) -> None:
         keys = [self.name]

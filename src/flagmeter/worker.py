@@ -91,13 +91,13 @@ class Worker:
                     next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
                 if not entries:
                     entries = await self.stream.read(consumer, count, block_ms=1000)
-                last = entries
-                while len(last) == count and _events(entries) < self.settings.batch_size:
+                last, events = entries, _events(entries)
+                while len(last) == count and events < self.settings.batch_size:
                     last = await self.stream.read(consumer, count, block_ms=None)  # more is waiting
                     entries += last
+                    events += _events(last)
                 for group in transactions(entries, self.settings.batch_size):
                     await self.count(group)
-                events = _events(entries)
                 if entries:
                     per_entry = max(1.0, events / len(entries))
                 if 0 < events < SMALL_BATCH:
