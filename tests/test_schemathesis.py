@@ -1,6 +1,9 @@
 """Property-based fuzzing of the whole API from its own OpenAPI document: no input may produce a 5xx.
 
 Runs the real schemathesis CLI against the running API, once as the admin and once with a tenant key.
+`GET /ready` is left out: it takes no input, and its 503 is its documented answer whenever PostgreSQL
+or Redis does not answer within 3 s (a disk stall on a busy CI host did that once); the readiness
+contract is tested in test_api_contract.py and test_outages.py.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def test_no_generated_request_gets_a_server_error(stack: Stack, who: str) -> Non
             "30",
             "--seed",
             "1",
+            "--exclude-path",
+            "/ready",
             "--header",
             f"Authorization: Bearer {token}",
             "--request-timeout",
