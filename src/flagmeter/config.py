@@ -37,6 +37,7 @@ class Settings:
     worker_metrics_port: int = 9091
     rate_limit: int = 10000
     large_batches_in_flight: int = 8
+    login_attempts: int = 10
     log_level: str = "INFO"
     public_url: str = "http://localhost:8080"
     stream: str = "flagmeter:events"
@@ -79,6 +80,7 @@ class Settings:
             worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", 9091, 0),
             rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),
             large_batches_in_flight=_int(env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 8, 1),
+            login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", 10, 1),
             log_level=env.get("FLAGMETER_LOG_LEVEL", "INFO").upper(),
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
             stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),

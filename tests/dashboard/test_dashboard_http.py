@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
 import pytest
 from local_env import wait_until
+
+from flagmeter.api.auth import FailureThrottle
 
 ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
 
@@ -21,9 +24,9 @@ def _get(
     return status, body if isinstance(body, str) else "", head
 
 
-def _login(stack: Any, token: str) -> tuple[int, dict[str, str]]:
+def _login(stack: Any, token: str, base: str | None = None) -> tuple[int, dict[str, str]]:
     form = urllib.parse.urlencode({"token": token}).encode()
-    request = urllib.request.Request(f"{stack.api_url}/login", data=form, method="POST")
+    request = urllib.request.Request(f"{base or stack.api_url}/login", data=form, method="POST")
     request.add_header("Content-Type", "application/x-www-form-urlencoded")
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -69,6 +72,33 @@ def test_login_sets_a_signed_httponly_strict_cookie_not_the_token(stack: Any) ->
 def test_a_wrong_token_is_refused_with_the_login_page(stack: Any) -> None:
     status, headers = _login(stack, "not-the-admin-token")
     assert status == 401 and "Set-Cookie" not in headers
+
+
+def test_failed_sign_ins_are_throttled_per_address_even_for_the_right_token(stack: Any) -> None:
+    api, url = stack.start_api(processes=1, FLAGMETER_LOGIN_ATTEMPTS="3")
+    try:
+        assert _login(stack, stack.admin_token, base=url)[0] == 303  # successes are not counted
+        for _ in range(3):
+            assert _login(stack, "not-the-admin-token", base=url)[0] == 401
+        for token in ("not-the-admin-token", stack.admin_token):
+            status, headers = _login(stack, token, base=url)
+            assert status == 429 and "Set-Cookie" not in headers
+            assert 1 <= int(headers["Retry-After"]) <= 300
+        assert stack.request("GET", "/v1/tenants", base=url)[0] == 200  # the Bearer token still works
+    finally:
+        api.stop()
+
+
+def test_the_throttle_forgets_an_address_when_its_window_ends() -> None:
+    throttle = FailureThrottle(allowed=2, window_s=0.3)
+    throttle.failed("192.0.2.1")
+    assert throttle.retry_after("192.0.2.1") == 0
+    throttle.failed("192.0.2.1")
+    assert throttle.retry_after("192.0.2.1") == 1 and throttle.retry_after("192.0.2.2") == 0
+    time.sleep(0.35)
+    assert throttle.retry_after("192.0.2.1") == 0
+    throttle.failed("192.0.2.1")  # a new window: one failure so far
+    assert throttle.retry_after("192.0.2.1") == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/login-page-when-anonymous"])

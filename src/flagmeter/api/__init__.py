@@ -12,7 +12,7 @@ from ..config import Settings
 from ..store import Store
 from ..stream import Stream
 from . import alerts, dashboard, events, health, tenants, usage
-from .auth import Directory
+from .auth import Directory, FailureThrottle
 from .errors import error_middleware
 
 MAX_BODY = 1024 * 1024
@@ -24,6 +24,7 @@ def create_app(settings: Settings) -> web.Application:
     app["max_body"] = MAX_BODY
     # Per process, each ~1 MiB of body and ~1 MiB of objects at most: memory stays flat under overload.
     app["large_bodies"] = asyncio.Semaphore(settings.large_batches_in_flight)
+    app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S)
     app.cleanup_ctx.append(_resources)
     app.router.add_routes(
         [

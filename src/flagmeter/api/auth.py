@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -123,6 +124,37 @@ class Directory:
 
     def forget_keys(self) -> None:
         self._keys.forget()
+
+
+class FailureThrottle:
+    """Counts failed sign-ins per client address in a fixed window; past `allowed`, refuse them all.
+
+    Per process, in memory: it needs no Redis (the dashboard must stay reachable in a Redis outage),
+    so with N API processes an address gets up to N x `allowed` guesses per window.
+    """
+
+    def __init__(self, allowed: int, window_s: float, limit: int = 100_000) -> None:
+        self.allowed = allowed
+        self.window_s = window_s
+        self.limit = limit
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, window end)
+
+    def retry_after(self, address: str) -> int:
+        """Seconds until `address` may try again; 0 when it may try now."""
+        count, ends = self._failures.get(address, (0, 0.0))
+        left = ends - time.monotonic()
+        return max(1, math.ceil(left)) if count >= self.allowed and left > 0 else 0
+
+    def failed(self, address: str) -> bool:
+        """Count one failure; True when it is the one that closes the door on `address`."""
+        now = time.monotonic()
+        count, ends = self._failures.get(address, (0, 0.0))
+        if ends <= now:
+            if len(self._failures) >= self.limit:
+                self._failures = {a: f for a, f in self._failures.items() if f[1] > now}
+            count, ends = 0, now + self.window_s
+        self._failures[address] = (count + 1, ends)
+        return count + 1 == self.allowed
 
 
 def require_admin(principal: Principal) -> None:

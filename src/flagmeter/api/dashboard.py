@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,11 +28,15 @@ from ..alerts import percent_used
 from ..periods import Period, period_containing
 from ..store import AlertRecord, Tenant
 from .alerts import alert_json
+from .auth import FailureThrottle
 from .errors import ApiError, json_response
 from .usage import rfc3339
 
+log = logging.getLogger(__name__)
+
 SESSION_COOKIE = "flagmeter_session"
 SESSION_TTL_S = 12 * 3600
+LOGIN_WINDOW_S = 300  # FLAGMETER_LOGIN_ATTEMPTS failed sign-ins per address per window
 POLL_WINDOW = timedelta(hours=1)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
@@ -125,8 +130,17 @@ async def login(request: web.Request) -> web.StreamResponse:
         form = await request.post()
     except ValueError:
         raise ApiError(400, "invalid_form", "the login form could not be read") from None
+    throttle: FailureThrottle = request.app["login_throttle"]
+    address = request.remote or "unknown"
+    wait = throttle.retry_after(address)
+    if wait:
+        response = _login_page(f"Too many failed sign-ins; try again in {wait} s.", status=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     token = form.get("token")
     if not isinstance(token, str) or not token or not request.app["directory"].is_admin_token(token):
+        if throttle.failed(address):
+            log.warning("dashboard sign-in throttled", extra={"address": address})
         return _login_page("That is not the admin token.")
     response = _see_other("/")
     response.set_cookie(
