@@ -1,0 +1,134 @@
+"""Store.write_batch on a real PostgreSQL: batches of new ids (plain ledger insert) and batches holding
+ids counted before (the insert fails whole; counted again skipping them) store the same truth."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import psycopg2
+
+from flagmeter.events import Event
+from flagmeter.localstack import LocalStack
+from flagmeter.periods import period_containing
+from flagmeter.store import Store, migrate
+from stacklib import fresh_database
+
+TENANTS = {"day-one": 1, "day-fifteen": 15, "day-thirty-one": 31}
+
+
+def _database(servers: LocalStack) -> str:
+    url = fresh_database(servers.database_url)
+    asyncio.run(migrate(url))
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for tenant, day in TENANTS.items():
+            cur.execute(
+                "INSERT INTO tenants (id, name, monthly_quota, billing_day) VALUES (%s, %s, 1000000000, %s)",
+                (tenant, tenant, day),
+            )
+    conn.close()
+    return url
+
+
+def _events(count: int) -> list[Event]:
+    now = int(time.time() * 1000)
+    return [
+        Event(
+            random.choice(list(TENANTS)),
+            uuid.uuid4().hex,
+            random.choice(["chat", "embed"]),
+            random.randint(1, 1000),
+            now - random.randint(0, 3 * 3600 * 1000),  # a few hours: several minutes and hours
+            now,
+        )
+        for _ in range(count)
+    ]
+
+
+def _expected(
+    events: Iterable[Event],
+) -> tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]]]:
+    """Rollups and period totals recomputed in Python from the first event of each id."""
+    first: dict[tuple[str, str], Event] = {}
+    for event in events:
+        first.setdefault((event.tenant, event.id), event)
+    rollups: Counter[tuple[str, str, datetime]] = Counter()
+    totals: Counter[tuple[str, datetime, str]] = Counter()
+    for event in first.values():
+        moment = datetime.fromtimestamp(event.occurred_ms / 1000, UTC)
+        rollups[(event.tenant, event.feature, moment.replace(second=0, microsecond=0))] += event.tokens
+        start = period_containing(moment, TENANTS[event.tenant]).start
+        totals[(event.tenant, start, event.feature)] += event.tokens
+    return rollups, totals
+
+
+def _stored(
+    url: str,
+) -> tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]], int, int]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tenant_id, feature, minute, tokens FROM rollups")
+        rollups = Counter({(t, f, m.astimezone(UTC)): n for t, f, m, n in cur.fetchall()})
+        cur.execute("SELECT tenant_id, period_start, feature, tokens FROM period_totals")
+        totals = Counter({(t, p.astimezone(UTC), f): n for t, p, f, n in cur.fetchall()})
+        cur.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_ids)")
+        events, ledger = cur.fetchone()
+    conn.close()
+    return rollups, totals, events, ledger
+
+
+def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(servers: LocalStack) -> None:
+    url = _database(servers)
+
+    async def run() -> list[tuple[int, int]]:
+        store = await Store.connect(url, size=2)
+        first = _events(300)
+        batches = [
+            first,
+            first[:100] + _events(100) + first[:1],  # known ids, new ids, and one repeated in the batch
+            _events(200),  # all new again
+            first[100:],  # all known
+            _events(50) + first[-1:],
+        ]
+        try:
+            results = [await store.write_batch(batch) for batch in batches]
+        finally:
+            await store.close()
+        seen: list[Event] = [event for batch in batches for event in batch]
+        assert _stored(url)[:2] == _expected(seen)
+        return [(r.counted, r.duplicates) for r in results]
+
+    assert asyncio.run(run()) == [(300, 0), (100, 101), (200, 0), (0, 200), (50, 1)]
+    rollups, totals, events, ledger = _stored(url)
+    assert events == ledger == 650
+    assert sum(rollups.values()) == sum(totals.values())
+
+
+def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers: LocalStack) -> None:
+    url = _database(servers)
+
+    async def run() -> int:
+        stores = [await Store.connect(url, size=1) for _ in range(3)]
+        everything: list[Event] = []
+        counted = 0
+        try:
+            for _ in range(5):
+                shared = _events(400)
+                batches = [shared + _events(100) for _ in stores]  # same ids in every worker's batch
+                everything += [event for batch in batches for event in batch]
+                results = await asyncio.gather(
+                    *(s.write_batch(b) for s, b in zip(stores, batches, strict=True))
+                )
+                counted += sum(r.counted for r in results)
+        finally:
+            for store in stores:
+                await store.close()
+        assert _stored(url)[:2] == _expected(everything)
+        return counted
+
+    assert asyncio.run(run()) == 5 * (400 + 3 * 100)
+    assert _stored(url)[2:] == (3500, 3500)
