@@ -40,9 +40,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+# Ingest allocates a few containers per event (the parsed row or object, the Event). With Python's
+# default first-generation threshold (700) the cyclic collector ran every few hundred events and
+# doubled the worker's decoding time (0.94 -> 1.9 us per event with the service's modules loaded).
+# Reference cycles are rare on these paths; they are still collected, after 10,000 allocations.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
 def _run(coro: Awaitable[Any]) -> Any:
+    import gc
+
     import uvloop
 
+    gc.set_threshold(*GC_THRESHOLDS)
     return uvloop.run(coro)  # type: ignore[arg-type]
 
 
