@@ -353,12 +353,13 @@ class Store:
             unknown = frozenset(set(tenant_ids) - set(billing_days))
             if not known:
                 return BatchResult(0, 0, {}, unknown)
-            # The first of each id within the batch, in key order: concurrent workers then take the
-            # ledger's row locks in the same order and cannot deadlock.
-            first: dict[tuple[str, str], Event] = {}
+            # The first of each id within the batch, in (tenant, id) order: concurrent workers then
+            # take the ledger's row locks in the same order and cannot deadlock. Grouped by tenant, the
+            # sort compares strings, not tuples (half the cost).
+            by_tenant: dict[str, dict[str, Event]] = {}
             for event in known:
-                first.setdefault((event.tenant, event.id), event)
-            batch = [first[key] for key in sorted(first)]
+                by_tenant.setdefault(event.tenant, {}).setdefault(event.id, event)
+            batch = [ids[i] for t in sorted(by_tenant) for ids in (by_tenant[t],) for i in sorted(ids)]
             period_ms = _period_starts(batch, billing_days)
             await cur.execute(
                 sql,
@@ -561,8 +562,10 @@ class Store:
 # The batch's columns travel as array literals ('{"a","b"}'), not as Python lists: psycopg2 turns a
 # list into an ARRAY[...] expression of one constant per element, which costs PostgreSQL and the
 # worker ~9 us per event each to build and parse; a literal costs under 1 us on each side.
-def _text_array(values: Iterable[str]) -> str:
-    return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
+def _text_array(values: Sequence[str]) -> str:
+    if not values:
+        return "{}"
+    return '{"' + '","'.join([v.replace("\\", "\\\\").replace('"', '\\"') for v in values]) + '"}'
 
 
 def _int_array(values: Iterable[int]) -> str:
