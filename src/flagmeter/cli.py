@@ -160,6 +160,7 @@ async def _worker(settings: Settings, concurrency: int) -> None:
     if settings.worker_metrics_port:
         app = web.Application()
         app["store"], app["stream"] = store, stream  # what the shared /ready checks
+        app["metrics_role"] = "worker"
         app.router.add_get("/metrics", endpoints.metrics_endpoint)
         app.router.add_get("/health", health)
         app.router.add_get("/ready", endpoints.ready)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +21,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 
@@ -118,12 +122,40 @@ async def sample_process_forever(role: str, every: float = 5.0) -> None:
         await asyncio.sleep(every)
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text: the sum over processes in multiprocess mode, else this process."""
+# What each kind of process exposes. Every process defines every family (this one module), and an
+# unlabelled family exists from its definition on, so without this the API's /metrics would show the
+# worker's families at zero and the worker's the API's. Other (non-flagmeter) families pass through.
+_SHARED = (db_pool_size, process_memory, process_cpu)
+EXPOSED: dict[str, tuple[MetricWrapperBase, ...]] = {
+    "api": (http_request_duration, events_accepted, events_rejected, rate_limited, busy_rejections, *_SHARED),
+    "worker": (
+        stream_length, stream_pending, consumer_lag, dead_letter_length, worker_batch_size,
+        worker_batch_duration, worker_events_counted, worker_events_duplicate, worker_busy,
+        dead_letter_total, rollup_lag, tenant_tokens, tenant_quota_used_ratio, alerts_fired,
+        alert_deliveries, alert_outbox_backlog, *_SHARED,
+    ),
+}  # fmt: skip
+
+
+class _Exposed:
+    """A registry as one kind of process shows it: its own flagmeter families and everything else."""
+
+    def __init__(self, registry: Collector, role: str) -> None:
+        self.registry = registry
+        self.own = {family.name for metric in EXPOSED[role] for family in metric.describe()}
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            if family.name in self.own or not family.name.startswith("flagmeter_"):
+                yield family
+
+
+def render(role: str) -> tuple[bytes, str]:
+    """The exposition text of `role`'s families: summed over processes in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(_Exposed(registry, role)), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_Exposed(REGISTRY, role)), CONTENT_TYPE_LATEST

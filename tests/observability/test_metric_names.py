@@ -149,6 +149,21 @@ def test_every_flagmeter_metric_used_is_exported_by_the_running_api_or_worker(st
     assert missing == {}, "used in rules/dashboards but exported by neither the API nor the worker"
 
 
+def test_the_api_and_the_worker_each_export_only_their_own_families(stack: Any) -> None:
+    """Every process defines every family; the API must not show the worker's at zero, nor vice versa."""
+    api = exposed_names(scrape(_metrics_url(stack.api_url.rstrip("/"))))
+    worker = exposed_names(scrape(_metrics_url(stack.worker_metrics_url)))
+    assert {"flagmeter_events_accepted_total", "flagmeter_http_request_duration_seconds_bucket"} <= api
+    assert {"flagmeter_worker_events_counted_total", "flagmeter_stream_length"} <= worker
+    shared = {
+        "flagmeter_process_resident_memory_bytes",
+        "flagmeter_process_cpu_seconds_total",
+        "flagmeter_db_pool_size",
+    }
+    assert not {name for name in api & worker if name.startswith("flagmeter_")} - shared
+    assert not {name for name in api if name.startswith(("flagmeter_worker_", "flagmeter_stream_"))}
+
+
 @pytest.fixture
 def exporter_process() -> Iterator[Any]:
     """Start a Debian exporter binary on a free 127.0.0.1 port; yield its /metrics URL."""

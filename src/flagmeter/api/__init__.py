@@ -22,6 +22,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app["settings"] = settings
     app["max_body"] = MAX_BODY
+    app["metrics_role"] = "api"  # which families /metrics shows (metrics.EXPOSED)
     # Per process, each ~1 MiB of body and ~1 MiB of objects at most: memory stays flat under overload.
     app["large_bodies"] = asyncio.Semaphore(settings.large_batches_in_flight)
     app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S)

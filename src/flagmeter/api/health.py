@@ -36,7 +36,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body, content_type = metrics.render()
+    body, content_type = metrics.render(request.app["metrics_role"])
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
