@@ -66,6 +66,11 @@ worker_events_counted = Counter("flagmeter_worker_events_counted_total", "Events
 worker_events_duplicate = Counter(
     "flagmeter_worker_events_duplicate_total", "Events skipped because their id was already counted"
 )
+worker_batches_recounted = Counter(
+    "flagmeter_worker_batches_recounted_total",
+    "Batches counted a second time, skipping ids counted before (retried requests), after their"
+    " all-new ledger insert met one",
+)
 worker_busy = Gauge(
     "flagmeter_worker_busy", "1 while a worker is counting a batch", multiprocess_mode="livesum"
 )
@@ -130,7 +135,8 @@ EXPOSED: dict[str, tuple[MetricWrapperBase, ...]] = {
     "api": (http_request_duration, events_accepted, events_rejected, rate_limited, busy_rejections, *_SHARED),
     "worker": (
         stream_length, stream_pending, consumer_lag, dead_letter_length, worker_batch_size,
-        worker_batch_duration, worker_events_counted, worker_events_duplicate, worker_busy,
+        worker_batch_duration, worker_events_counted, worker_events_duplicate, worker_batches_recounted,
+        worker_busy,
         dead_letter_total, rollup_lag, tenant_tokens, tenant_quota_used_ratio, alerts_fired,
         alert_deliveries, alert_outbox_backlog, *_SHARED,
     ),

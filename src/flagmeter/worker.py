@@ -171,6 +171,8 @@ class Worker:
 
         metrics.worker_events_counted.inc(result.counted)
         metrics.worker_events_duplicate.inc(result.duplicates)
+        if result.recounted:
+            metrics.worker_batches_recounted.inc()
         for tenant, tokens in result.tokens_by_tenant.items():
             metrics.tenant_tokens.labels(tenant).inc(tokens)
         oldest = min(event.received_ms for e in entries for event in e.events or ())
