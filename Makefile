@@ -38,7 +38,7 @@ test-fast: $(BIN)/flagmeter
 	$(BIN)/pytest -ra -m "not docker and not molecule and not browser and not slow" $(PYTEST_ARGS)
 
 lint: $(BIN)/flagmeter
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench loadtest
 	$(BIN)/mypy src
 
 loadtest: $(BIN)/flagmeter
