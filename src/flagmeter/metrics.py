@@ -141,6 +141,10 @@ EXPOSED: dict[str, tuple[MetricWrapperBase, ...]] = {
         alert_deliveries, alert_outbox_backlog, *_SHARED,
     ),
 }  # fmt: skip
+_OWN_NAMES = {
+    role: frozenset(family.name for metric in families for family in metric.describe())
+    for role, families in EXPOSED.items()
+}
 
 
 class _Exposed:
@@ -148,7 +152,7 @@ class _Exposed:
 
     def __init__(self, registry: Collector, role: str) -> None:
         self.registry = registry
-        self.own = {family.name for metric in EXPOSED[role] for family in metric.describe()}
+        self.own = _OWN_NAMES[role]
 
     def collect(self) -> Iterable[Metric]:
         for family in self.registry.collect():
