@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -23,6 +26,14 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
+    parts = [part.strip() for part in env.get(name, "").split(",") if part.strip()]
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+    except ValueError as error:
+        raise ConfigError(f"{name} must list addresses or networks (CIDR): {error}") from None
+
+
 def _flag(env: dict[str, str], name: str) -> bool:
     return env.get(name, "").lower() in {"1", "true", "yes", "on"}
 
@@ -38,6 +49,7 @@ class Settings:
     rate_limit: int = 10000
     large_batches_in_flight: int = 8
     login_attempts: int = 10
+    trusted_proxies: tuple[Network, ...] = ()
     log_level: str = "INFO"
     public_url: str = "http://localhost:8080"
     stream: str = "flagmeter:events"
@@ -81,6 +93,7 @@ class Settings:
             rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),
             large_batches_in_flight=_int(env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 8, 1),
             login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", 10, 1),
+            trusted_proxies=_networks(env, "FLAGMETER_TRUSTED_PROXIES"),
             log_level=env.get("FLAGMETER_LOG_LEVEL", "INFO").upper(),
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
             stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import urllib.parse
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from local_env import wait_until
 
-from flagmeter.api.auth import FailureThrottle
+from flagmeter.api.auth import FailureThrottle, client_address
+from flagmeter.config import ConfigError, Settings
 
 ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
 
@@ -24,10 +26,14 @@ def _get(
     return status, body if isinstance(body, str) else "", head
 
 
-def _login(stack: Any, token: str, base: str | None = None) -> tuple[int, dict[str, str]]:
+def _login(
+    stack: Any, token: str, base: str | None = None, forwarded_for: str | None = None
+) -> tuple[int, dict[str, str]]:
     form = urllib.parse.urlencode({"token": token}).encode()
     request = urllib.request.Request(f"{base or stack.api_url}/login", data=form, method="POST")
     request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    if forwarded_for is not None:
+        request.add_header("X-Forwarded-For", forwarded_for)
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any) -> None:
@@ -84,9 +90,59 @@ def test_failed_sign_ins_are_throttled_per_address_even_for_the_right_token(stac
             status, headers = _login(stack, token, base=url)
             assert status == 429 and "Set-Cookie" not in headers
             assert 1 <= int(headers["Retry-After"]) <= 300
+        # With no trusted proxy configured, X-Forwarded-For is the client's word and changes nothing.
+        assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.7")[0] == 429
         assert stack.request("GET", "/v1/tenants", base=url)[0] == 200  # the Bearer token still works
     finally:
         api.stop()
+
+
+def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) -> None:
+    api, url = stack.start_api(
+        processes=1, FLAGMETER_LOGIN_ATTEMPTS="2", FLAGMETER_TRUSTED_PROXIES="127.0.0.1"
+    )
+    try:
+        for _ in range(2):
+            assert _login(stack, "not-the-admin-token", base=url, forwarded_for="203.0.113.1")[0] == 401
+        assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.1")[0] == 429
+        # Another client behind the same proxy still signs in, and one that writes someone else's
+        # address in front of its own is still known by the address the proxy appended.
+        assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2")[0] == 303
+        assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2, 203.0.113.1")[0] == 429
+    finally:
+        api.stop()
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("127.0.0.1", ["203.0.113.9"], "203.0.113.9"),
+        ("127.0.0.1", ["198.51.100.1, 203.0.113.9"], "203.0.113.9"),  # the client's own words are ignored
+        ("127.0.0.1", ["198.51.100.1", "203.0.113.9"], "203.0.113.9"),  # one header per proxy
+        ("127.0.0.1", ["203.0.113.9, 10.0.1.5"], "203.0.113.9"),  # through two trusted proxies
+        ("127.0.0.1", ["10.0.1.5"], "10.0.1.5"),  # every hop trusted: the farthest one
+        ("127.0.0.1", ["203.0.113.9, not-an-address"], "127.0.0.1"),  # garbage: the proxy that wrote it
+        ("198.51.100.1", ["203.0.113.9"], "198.51.100.1"),  # not through a proxy: the header is a lie
+        ("2001:db8::1", ["203.0.113.9"], "2001:db8::1"),
+        (None, [], "unknown"),
+    ],
+)
+def test_the_client_address_is_the_first_untrusted_hop_from_the_right(
+    peer: str | None, forwarded_for: list[str], client: str
+) -> None:
+    trusted = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+    assert client_address(peer, forwarded_for, trusted) == client
+    assert client_address(peer, forwarded_for, ()) == (peer or "unknown")
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    env = {"DATABASE_URL": "postgresql://x", "REDIS_URL": "redis://x", "FLAGMETER_ADMIN_TOKEN": "t" * 16}
+    settings = Settings.from_env(env | {"FLAGMETER_TRUSTED_PROXIES": "10.0.0.0/8, ::1,172.18.0.1"})
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "::1/128", "172.18.0.1/32"]
+    assert Settings.from_env(env).trusted_proxies == ()
+    with pytest.raises(ConfigError, match="FLAGMETER_TRUSTED_PROXIES"):
+        Settings.from_env(env | {"FLAGMETER_TRUSTED_PROXIES": "10.0.0.0/8,traefik"})
 
 
 def test_the_throttle_forgets_an_address_when_its_window_ends() -> None:

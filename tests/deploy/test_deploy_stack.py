@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -115,6 +118,30 @@ def crash_worker(stack: Stack) -> None:
 def test_api_is_published_on_loopback_only(deployed: Stack) -> None:
     published = deployed.compose("port", "api", "8080").strip()
     assert published.startswith("127.0.0.1:")
+
+
+def _sign_in(stack: Stack, token: str, forwarded_for: str) -> int:
+    request = urllib.request.Request(
+        f"{stack.base_url}/login",
+        data=urllib.parse.urlencode({"token": token}).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": forwarded_for},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_sign_ins_behind_the_reverse_proxy_are_throttled_per_client(deployed: Stack) -> None:
+    # The test stands in for the reverse proxy in front of the published port: it appends the client's
+    # address. Docker's port publishing hands the API a private gateway address, which the stack trusts.
+    # 30 failures: at least one of the two API processes saw more than 10 and locked the address out.
+    statuses = [_sign_in(deployed, "not-the-admin-token", "203.0.113.1") for _ in range(30)]
+    assert statuses[:10] == [401] * 10 and 429 in statuses, statuses
+    # Another client is not locked out with it (were they one address, each try would hit a locked
+    # process about half the time).
+    assert [_sign_in(deployed, "not-the-admin-token", "203.0.113.2") for _ in range(8)] == [401] * 8
 
 
 @pytest.mark.parametrize("service", ["api", "worker"])

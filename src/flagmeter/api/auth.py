@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import time
@@ -14,6 +15,7 @@ from typing import Generic, TypeVar
 from aiohttp import web
 
 from .. import logs
+from ..config import Network
 from ..store import Store, StoreUnavailable, Tenant
 from .errors import ApiError
 
@@ -124,6 +126,34 @@ class Directory:
 
     def forget_keys(self) -> None:
         self._keys.forget()
+
+
+def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
+    """The address of whoever sent the request, looking through the proxies in `trusted`.
+
+    Each proxy appends the address it was reached from to X-Forwarded-For, so walking the list from the
+    right, the first address outside `trusted` is the client; what lies left of it was written by the
+    client and is not believed. A peer outside `trusted` is the client itself.
+    """
+    client = peer or "unknown"
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        if not _within(client, trusted) or _address(hop) is None:
+            break  # the client, or garbage: the proxy that wrote it is as far as we can see
+        client = hop
+    return client
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _within(text: str, networks: tuple[Network, ...]) -> bool:
+    address = _address(text)
+    return address is not None and any(address in network for network in networks)
 
 
 class FailureThrottle:

@@ -28,7 +28,7 @@ from ..alerts import percent_used
 from ..periods import Period, period_containing
 from ..store import AlertRecord, Tenant
 from .alerts import alert_json
-from .auth import FailureThrottle
+from .auth import FailureThrottle, client_address
 from .errors import ApiError, json_response
 from .usage import rfc3339
 
@@ -131,7 +131,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise ApiError(400, "invalid_form", "the login form could not be read") from None
     throttle: FailureThrottle = request.app["login_throttle"]
-    address = request.remote or "unknown"
+    trusted = request.app["settings"].trusted_proxies
+    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
     wait = throttle.retry_after(address)
     if wait:
         response = _login_page(f"Too many failed sign-ins; try again in {wait} s.", status=429)
