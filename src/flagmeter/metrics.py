@@ -54,8 +54,8 @@ dead_letter_length = Gauge(
 )
 worker_batch_size = Histogram(
     "flagmeter_worker_batch_size",
-    "Entries per worker batch",
-    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+    "Events per worker batch (one counting transaction)",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000),
 )
 worker_batch_duration = Histogram(
     "flagmeter_worker_batch_duration_seconds",
