@@ -156,7 +156,7 @@ class Stream:
         except (RedisError, OSError) as error:
             raise StreamUnavailable(str(error)) from error
 
-    async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int) -> int:
+    async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int) -> None:
         """Append accepted events; when `tenant` is given its request bucket is charged first.
 
         Group commit: one script call at a time per process; the requests that arrive while it is
@@ -176,7 +176,6 @@ class Stream:
         result = await request.done
         if result < 0:
             raise RateLimited(-result)
-        return len(events)
 
     def _flush(self) -> None:
         if not self._waiting or self._sending is not None:
