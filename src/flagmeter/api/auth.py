@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -10,6 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 from aiohttp import web
@@ -49,35 +51,62 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class _ShortCache(Generic[K, V]):
-    """Entries live `ttl` seconds; when reloading fails because PostgreSQL is down, a stale hit is served."""
+class ShortCache(Generic[K, V]):
+    """Entries live `ttl` seconds, each reloaded by one request at a time (single flight).
+
+    While a reload is in flight, other requests for the key get the expiring value instead of querying
+    PostgreSQL too; with nothing cached they wait for that one reload. When reloading fails because
+    PostgreSQL is down, the stale value is served.
+    """
 
     def __init__(self, ttl: float, limit: int = 100_000) -> None:
         self.ttl = ttl
         self.limit = limit
         self._entries: dict[K, tuple[V | None, float]] = {}
+        self._loading: dict[K, asyncio.Future[V | None]] = {}
+        self._generation = 0  # bumped by forget(): a reload begun before it is neither kept nor shared
 
     async def get(self, key: K, load: Callable[[K], Awaitable[V | None]]) -> V | None:
         cached = self._entries.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key, load))
+            self._loading[key] = loading
+            loading.add_done_callback(partial(self._loaded, key))
+        elif cached is not None:
             return cached[0]
         try:
-            value = await load(key)
+            return await asyncio.shield(loading)  # a caller that goes away does not cancel the others'
         except StoreUnavailable:
             if cached is not None and cached[0] is not None:
                 return cached[0]
             raise
-        if len(self._entries) >= self.limit:
-            self._entries.clear()
-        self._entries[key] = (value, now + self.ttl)
+
+    async def _load(self, key: K, load: Callable[[K], Awaitable[V | None]]) -> V | None:
+        generation = self._generation
+        value = await load(key)
+        if generation == self._generation:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[key] = (value, time.monotonic() + self.ttl)
         return value
 
+    def _loaded(self, key: K, loading: asyncio.Future[V | None]) -> None:
+        if self._loading.get(key) is loading:
+            del self._loading[key]
+        if not loading.cancelled():
+            loading.exception()  # retrieved here, so a failure nobody awaited any more is not logged
+
     def forget(self, key: K | None = None) -> None:
+        self._generation += 1
         if key is None:
             self._entries.clear()
+            self._loading.clear()
         else:
             self._entries.pop(key, None)
+            self._loading.pop(key, None)
 
 
 class Directory:
@@ -90,8 +119,8 @@ class Directory:
     def __init__(self, store: Store, admin_token: str) -> None:
         self.store = store
         self._admin = admin_token.encode()
-        self._keys: _ShortCache[str, str] = _ShortCache(KEY_TTL_S)
-        self._tenants: _ShortCache[str, Tenant] = _ShortCache(TENANT_TTL_S)
+        self._keys: ShortCache[str, str] = ShortCache(KEY_TTL_S)
+        self._tenants: ShortCache[str, Tenant] = ShortCache(TENANT_TTL_S)
 
     async def principal(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
