@@ -106,6 +106,17 @@ alert_outbox_backlog = Gauge(
     "flagmeter_alert_outbox_backlog", "Alert deliveries not yet finished", multiprocess_mode="max"
 )
 
+# The series whose label values are known in advance exist from the start, at 0. Prometheus sees no
+# increase() in a counter series that first appears at 1, so an alert rule on the first dead letter, failed
+# delivery or shut-out sign-in after a restart would not fire.
+KNOWN_LABELS: dict[Counter, list[tuple[str, ...]]] = {
+    dead_letter_total: [("malformed",), ("max_deliveries",), ("unknown_tenant",)],
+    alert_deliveries: [(t, o) for t in ("slack", "webhook") for o in ("delivered", "retry", "failed")],
+}
+for _counter, _values in KNOWN_LABELS.items():
+    for _labels in _values:
+        _counter.labels(*_labels)
+
 
 def _rss_bytes() -> int:
     try:

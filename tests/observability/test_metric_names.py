@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from promql_names import label_values_metric, metric_names
 
 from flagmeter.localstack import free_port
+from flagmeter.metrics import EXPOSED, KNOWN_LABELS
 
 EXPORTERS: dict[str, Any] = load_yaml(Path(__file__).with_name("exporter_metrics.yml"))
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
@@ -122,6 +123,28 @@ def test_every_documented_exporter_metric_is_used() -> None:
     used = set(used_metric_names())
     unused = {name for exporter in EXPORTERS for name in documented(exporter)} - used
     assert unused == set(), "exporter_metrics.yml lists metrics nothing uses"
+
+
+def test_counters_alerts_watch_exist_at_zero_before_their_first_event(stack: Any) -> None:
+    """A series that first appears at 1 shows Prometheus no increase(): the alert would miss that event."""
+    pages = {
+        role: scrape(_metrics_url(url))
+        for role, url in (("api", stack.api_url), ("worker", stack.worker_metrics_url))
+    }
+    samples = {
+        role: {
+            (s.name, tuple(sorted(s.labels.items())))
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        for role, text in pages.items()
+    }
+    for counter, values in KNOWN_LABELS.items():
+        role = "api" if counter in EXPOSED["api"] else "worker"
+        name = counter.describe()[0].name + "_total"
+        for labels in values:
+            key = (name, tuple(sorted(zip(counter._labelnames, labels, strict=True))))
+            assert key in samples[role], f"{role} /metrics has no {key}"
 
 
 def test_every_flagmeter_metric_used_is_exported_by_the_running_api_or_worker(stack: Any) -> None:
