@@ -39,6 +39,11 @@ rate_limited = Counter("flagmeter_rate_limited_total", "Requests refused by the 
 busy_rejections = Counter(
     "flagmeter_busy_rejections_total", "Large batches refused (503) after waiting for a slot in their process"
 )
+dashboard_sign_ins = Counter(
+    "flagmeter_dashboard_sign_ins_total",
+    "Dashboard sign-in attempts by outcome: signed_in, wrong_token, throttled (refused unchecked, 429)",
+    ["outcome"],
+)
 
 stream_length = Gauge(
     "flagmeter_stream_length", "Entries in the event stream not yet counted", multiprocess_mode="max"
@@ -112,6 +117,7 @@ alert_outbox_backlog = Gauge(
 KNOWN_LABELS: dict[Counter, list[tuple[str, ...]]] = {
     dead_letter_total: [("malformed",), ("max_deliveries",), ("unknown_tenant",)],
     alert_deliveries: [(t, o) for t in ("slack", "webhook") for o in ("delivered", "retry", "failed")],
+    dashboard_sign_ins: [("signed_in",), ("wrong_token",), ("throttled",)],
 }
 for _counter, _values in KNOWN_LABELS.items():
     for _labels in _values:
@@ -143,7 +149,10 @@ async def sample_process_forever(role: str, every: float = 5.0) -> None:
 # worker's families at zero and the worker's the API's. Other (non-flagmeter) families pass through.
 _SHARED = (db_pool_size, process_memory, process_cpu)
 EXPOSED: dict[str, tuple[MetricWrapperBase, ...]] = {
-    "api": (http_request_duration, events_accepted, events_rejected, rate_limited, busy_rejections, *_SHARED),
+    "api": (
+        http_request_duration, events_accepted, events_rejected, rate_limited, busy_rejections,
+        dashboard_sign_ins, *_SHARED,
+    ),
     "worker": (
         stream_length, stream_pending, consumer_lag, dead_letter_length, worker_batch_size,
         worker_batch_duration, worker_events_counted, worker_events_duplicate, worker_batches_recounted,

@@ -93,8 +93,17 @@ def test_failed_sign_ins_are_throttled_per_address_even_for_the_right_token(stac
         # With no trusted proxy configured, X-Forwarded-For is the client's word and changes nothing.
         assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.7")[0] == 429
         assert stack.request("GET", "/v1/tenants", base=url)[0] == 200  # the Bearer token still works
+        assert "dashboard sign-in throttled" in api.output()
+        assert _sign_ins(url) == {"signed_in": 1.0, "wrong_token": 3.0, "throttled": 3.0}
     finally:
         api.stop()
+
+
+def _sign_ins(url: str) -> dict[str, float]:
+    """flagmeter_dashboard_sign_ins_total by outcome, from the API's /metrics."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    found = re.findall(r'^flagmeter_dashboard_sign_ins_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    return {outcome: float(value) for outcome, value in found}
 
 
 def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import metrics
 from ..alerts import percent_used
 from ..periods import Period, period_containing
 from ..store import AlertRecord, Tenant
@@ -135,14 +136,17 @@ async def login(request: web.Request) -> web.StreamResponse:
     address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
     wait = throttle.retry_after(address)
     if wait:
+        metrics.dashboard_sign_ins.labels("throttled").inc()
         response = _login_page(f"Too many failed sign-ins; try again in {wait} s.", status=429)
         response.headers["Retry-After"] = str(wait)
         return response
     token = form.get("token")
     if not isinstance(token, str) or not token or not request.app["directory"].is_admin_token(token):
+        metrics.dashboard_sign_ins.labels("wrong_token").inc()
         if throttle.failed(address):
             log.warning("dashboard sign-in throttled", extra={"address": address})
         return _login_page("That is not the admin token.")
+    metrics.dashboard_sign_ins.labels("signed_in").inc()
     response = _see_other("/")
     response.set_cookie(
         SESSION_COOKIE,
