@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import redis
 
-from stacklib import Process, Stack
+from stacklib import Process, Stack, wait_until
 
 
 def flagmeter(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +76,7 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
     client.xadd(stream, {"e": f'["{tenant}","e1","chat",9,{now},{now}]'})  # tenant not created yet
     worker, _ = stack.start_worker(**env)
     try:
-        _wait_until(lambda: client.xlen(f"{stream}:dead") > 0, "nothing was dead-lettered")
+        wait_until(lambda: client.xlen(f"{stream}:dead") > 0, 20, "the entry to be dead-lettered")
         assert flagmeter(stack, "dead-letters", **env).stdout.strip() == "unknown_tenant\t1"
         status, _, _ = stack.request(
             "POST", "/v1/tenants", {"id": tenant, "name": "Late", "monthly_quota": 10}
@@ -129,33 +128,29 @@ def _listening(api: Process) -> set[int]:
     return pids
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_the_api_supervisor_replaces_a_process_that_dies_and_keeps_serving(stack: Stack) -> None:
     api, url = stack.start_api(processes=2)
     try:
         # /health answered once one process listens; the other may still be importing the app.
-        _wait_until(
+        wait_until(
             lambda: len(_children(api.popen.pid)) == 2 and _listening(api) >= _children(api.popen.pid),
-            "both API processes never listened",
+            20,
+            "both API processes to listen",
         )
         victim = min(_children(api.popen.pid))
         os.kill(victim, signal.SIGKILL)
         # Connections queued at the victim's socket until its last thread exits are reset (clients
         # retry); once the supervisor has reaped it, the survivor serves alone while the replacement
         # starts.
-        _wait_until(lambda: not Path(f"/proc/{victim}").exists(), "the killed API process was not reaped")
+        wait_until(lambda: not Path(f"/proc/{victim}").exists(), 20, "the killed API process to be reaped")
         for _ in range(5):
             assert stack.request("GET", "/health", base=url)[0] == 200
-        _wait_until(
-            lambda: len(_children(api.popen.pid) - {victim}) == 2, "the dead API process was not replaced"
+        wait_until(
+            lambda: len(_children(api.popen.pid) - {victim}) == 2,
+            20,
+            "a replacement for the dead API process",
         )
-        _wait_until(lambda: _listening(api) >= _children(api.popen.pid), "the replacement never listened")
+        wait_until(lambda: _listening(api) >= _children(api.popen.pid), 20, "the replacement to listen")
         for _ in range(20):  # both processes answer, whichever the kernel picks
             assert stack.request("GET", "/health", base=url)[0] == 200
         status, _, _ = stack.request("GET", "/metrics", base=url)

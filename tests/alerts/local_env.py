@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +23,7 @@ import redis
 from aiohttp import web
 
 from flagmeter.localstack import free_port
-from stacklib import fresh_database
+from stacklib import fresh_database, wait_until
 
 REDIS_DATABASES = 16  # the server's default; 0 is the session stack's
 
@@ -152,14 +151,6 @@ def _next_redis_db(url: str) -> int:
     client.close()
     assert number < REDIS_DATABASES, "more isolated environments than Redis databases"
     return number
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the receiver ---------------------------------------------------------------------------
