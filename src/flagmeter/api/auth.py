@@ -63,8 +63,8 @@ class ShortCache(Generic[K, V]):
         self.ttl = ttl
         self.limit = limit
         self._entries: dict[K, tuple[V | None, float]] = {}
+        # The reload in flight per key; forget() drops it, so it is neither shared nor kept after that.
         self._loading: dict[K, asyncio.Future[V | None]] = {}
-        self._generation = 0  # bumped by forget(): a reload begun before it is neither kept nor shared
 
     async def get(self, key: K, load: Callable[[K], Awaitable[V | None]]) -> V | None:
         cached = self._entries.get(key)
@@ -85,9 +85,8 @@ class ShortCache(Generic[K, V]):
             raise
 
     async def _load(self, key: K, load: Callable[[K], Awaitable[V | None]]) -> V | None:
-        generation = self._generation
         value = await load(key)
-        if generation == self._generation:
+        if self._loading.get(key) is asyncio.current_task():  # not forgotten meanwhile
             if len(self._entries) >= self.limit:
                 self._entries.clear()
             self._entries[key] = (value, time.monotonic() + self.ttl)
@@ -100,7 +99,6 @@ class ShortCache(Generic[K, V]):
             loading.exception()  # retrieved here, so a failure nobody awaited any more is not logged
 
     def forget(self, key: K | None = None) -> None:
-        self._generation += 1
         if key is None:
             self._entries.clear()
             self._loading.clear()
