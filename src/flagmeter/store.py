@@ -362,7 +362,7 @@ class Store:
             by_tenant: dict[str, dict[str, Event]] = {}
             for event in known:
                 by_tenant.setdefault(event.tenant, {}).setdefault(event.id, event)
-            batch = [ids[i] for t in sorted(by_tenant) for ids in (by_tenant[t],) for i in sorted(ids)]
+            batch = [ids[i] for _, ids in sorted(by_tenant.items()) for i in sorted(ids)]
             period_ms = _period_starts(batch, billing_days)
             await cur.execute(
                 sql,
