@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def mid_period_day(today: date | None = None) -> int:
+    """A billing day whose period boundaries lie about two weeks from `today` (default: now), on any
+    day of any month: a test that posts events now and reads the current period never straddles one."""
+    return ((today or datetime.now(UTC).date()) + timedelta(days=15)).day
 
 
 def fresh_database(database_url: str) -> str:
@@ -160,7 +167,9 @@ class Stack:
             decoded = payload.decode(errors="replace")
         return status, decoded, head
 
-    def create_tenant(self, quota: int = 1_000_000, billing_day: int = 1, **extra: Any) -> tuple[str, str]:
+    def create_tenant(
+        self, quota: int = 1_000_000, billing_day: int | None = None, **extra: Any
+    ) -> tuple[str, str]:
         tenant_id = f"t-{uuid.uuid4().hex[:12]}"
         status, body, _ = self.request(
             "POST",
@@ -169,7 +178,7 @@ class Stack:
                 "id": tenant_id,
                 "name": f"Tenant {tenant_id}",
                 "monthly_quota": quota,
-                "billing_day": billing_day,
+                "billing_day": billing_day or mid_period_day(),
                 **extra,
             },
         )

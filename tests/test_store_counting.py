@@ -95,7 +95,7 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(servers: 
             _events(50) + first[-1:],
         ]
         try:
-            results = [await store.write_batch(batch) for batch in batches]
+            results = [await store.write_batch(batch, now=datetime.now(UTC)) for batch in batches]
         finally:
             await store.close()
         seen: list[Event] = [event for batch in batches for event in batch]
@@ -123,7 +123,7 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
                 batches = [shared + _events(100) for _ in stores]  # same ids in every worker's batch
                 everything += [event for batch in batches for event in batch]
                 results = await asyncio.gather(
-                    *(s.write_batch(b) for s, b in zip(stores, batches, strict=True))
+                    *(s.write_batch(b, now=datetime.now(UTC)) for s, b in zip(stores, batches, strict=True))
                 )
                 counted += sum(r.counted for r in results)
         finally:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .clock import rfc3339
+
 DEFAULT_THRESHOLDS = (80, 100)
 MAX_THRESHOLDS = 10
 MAX_THRESHOLD = 1000  # percent; alerting at 10x the quota is the most anyone asked for
@@ -77,10 +79,6 @@ def _day(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def headline(alert: Alert) -> str:
     verb = "has used" if alert.threshold < 100 else "has reached"
     return f"{alert.tenant_name} {verb} {alert.percent:g} % of its monthly token quota"
@@ -109,7 +107,7 @@ def webhook_payload(alert: Alert, dashboard_url: str, sent_at: datetime) -> dict
     """Standard Webhooks body: `type`, `timestamp`, `data`."""
     return {
         "type": "quota.threshold_crossed",
-        "timestamp": _iso(sent_at),
+        "timestamp": rfc3339(sent_at),
         "data": {
             "alert_id": alert.id,
             "tenant": alert.tenant_id,
@@ -118,7 +116,7 @@ def webhook_payload(alert: Alert, dashboard_url: str, sent_at: datetime) -> dict
             "percent": alert.percent,
             "used": alert.used,
             "quota": alert.quota,
-            "period": {"start": _iso(alert.period_start), "end": _iso(alert.period_end)},
+            "period": {"start": rfc3339(alert.period_start), "end": rfc3339(alert.period_end)},
             "dashboard_url": f"{dashboard_url}/tenants/{alert.tenant_id}",
         },
     }

@@ -308,7 +308,10 @@ async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     async def act(store: Any) -> tuple[int, list[str]]:
-        result: tuple[int, list[str]] = await store.prune(args.keep_days)
+        from .config import clock_from_env
+
+        now = clock_from_env(dict(os.environ)).now()
+        result: tuple[int, list[str]] = await store.prune(args.keep_days, now)
         return result
 
     ledger, dropped = _run(_with_store(act))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .clock import SYSTEM, Clock
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,6 +34,16 @@ def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(part, strict=False) for part in parts)
     except ValueError as error:
         raise ConfigError(f"{name} must list addresses or networks (CIDR): {error}") from None
+
+
+def clock_from_env(env: dict[str, str]) -> Clock:
+    raw = env.get("FLAGMETER_CLOCK_OFFSET", "")
+    if not raw:
+        return SYSTEM
+    try:
+        return Clock(float(raw))
+    except ValueError:
+        raise ConfigError(f"FLAGMETER_CLOCK_OFFSET must be a number of seconds, got {raw!r}") from None
 
 
 def _flag(env: dict[str, str], name: str) -> bool:
@@ -64,6 +76,7 @@ class Settings:
     alert_timeout_ms: int = 10_000
     alert_retry_base_ms: int = 30_000
     alert_max_attempts: int = 8
+    clock: Clock = field(default=SYSTEM, compare=False)
 
     @property
     def dead_letter_stream(self) -> str:
@@ -108,4 +121,5 @@ class Settings:
             alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", 10_000, 100),
             alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", 30_000, 1),
             alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", 8, 1),
+            clock=clock_from_env(env),
         )

@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -246,7 +246,7 @@ class Courier:
         )
         if problem:
             return Answer("failed", f"{job.target} URL {problem}")
-        now = datetime.now(UTC)
+        now = self.settings.clock.now()
         body, headers = self._request(job, now)
         try:
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:

@@ -22,7 +22,7 @@ import psycopg2.extensions
 
 from .alerts import Alert, crossed_thresholds
 from .events import Event
-from .periods import period_containing
+from .periods import Period, period_containing
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ class BatchResult:
     alerts: tuple[Alert, ...] = ()  # decided in the batch's transaction (issue 3)
     known_ids: int = 0  # of the duplicates, those already in the ledger (not repeated in the batch)
     recounted: bool = False  # the all-new insert met a known id; counted again, skipping known ids
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentUsage:
+    """A tenant as it is now and its tokens by feature in the period holding `now`."""
+
+    tenant: Tenant
+    period: Period
+    by_feature: dict[str, int]
+
+    @property
+    def used(self) -> int:
+        return sum(self.by_feature.values())
 
 
 def _tenant(row: Sequence[Any]) -> Tenant:
@@ -283,12 +296,32 @@ class Store:
 
     # -- usage --------------------------------------------------------------------------
 
-    async def period_usage(self, tenant_id: str, period_start: datetime) -> dict[str, int]:
+    async def current_usage(self, now: datetime, tenant_id: str | None = None) -> dict[str, CurrentUsage]:
+        """Each tenant (or the one named) with its totals in the period holding `now`.
+
+        The tenant's billing day and its period totals come from one statement, hence one snapshot:
+        a billing-day change (which regroups the totals in its transaction) shows either the old
+        period with the old totals or the new period with the new ones, never a mix.
+        """
         rows = await self._all(
-            "SELECT feature, tokens FROM period_totals WHERE tenant_id = %s AND period_start = %s",
-            (tenant_id, period_start),
+            f"SELECT {TENANT_COLUMNS}, p.period_start, p.feature, p.tokens FROM {TENANT_FROM}"
+            " LEFT JOIN period_totals p ON p.tenant_id = t.id"
+            "  AND p.period_start > %s::timestamptz - interval '32 days' AND p.period_start <= %s"
+            " WHERE %s::text IS NULL OR t.id = %s",
+            (now, now, tenant_id, tenant_id),
         )
-        return {feature: int(tokens) for feature, tokens in rows}
+        found: dict[str, CurrentUsage] = {}
+        for row in rows:
+            usage = found.get(row[0])
+            if usage is None:
+                tenant = _tenant(row)
+                usage = found[tenant.id] = CurrentUsage(
+                    tenant, period_containing(now, tenant.billing_day), {}
+                )
+            period_start, feature, tokens = row[6:9]
+            if period_start == usage.period.start:
+                usage.by_feature[feature] = int(tokens)
+        return found
 
     async def series(
         self, tenant_id: str, start: datetime, end: datetime, window: str, feature: str | None
@@ -316,7 +349,7 @@ class Store:
     # -- the worker's batch -------------------------------------------------------------
 
     async def write_batch(
-        self, events: Sequence[Event], *, slack_fallback: bool = False, now: datetime | None = None
+        self, events: Sequence[Event], *, now: datetime, slack_fallback: bool = False
     ) -> BatchResult:
         """Count a batch exactly once, in ONE transaction.
 
@@ -343,7 +376,7 @@ class Store:
         return replace(result, recounted=recounted)
 
     async def _write_batch(
-        self, events: Sequence[Event], sql: str, slack_fallback: bool, now: datetime | None
+        self, events: Sequence[Event], sql: str, slack_fallback: bool, now: datetime
     ) -> BatchResult:
         tenant_ids = sorted({event.tenant for event in events})
         async with self._cursor(transaction=True) as cur:
@@ -377,17 +410,18 @@ class Store:
                 ),
             )
             rows = await cur.fetchall()
-            alerts = await _decide_alerts(cur, [r[0] for r in rows], now or datetime.now(UTC), slack_fallback)
+            alerts = await _decide_alerts(cur, [r[0] for r in rows], now, slack_fallback)
         tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
         counted = sum(int(n) for _, n, _ in rows)
         return BatchResult(
             counted, len(known) - counted, tokens_by_tenant, unknown, tuple(alerts), len(batch) - counted
         )
 
-    async def ensure_partitions(self) -> None:
-        await self._all("SELECT flagmeter_ensure_event_partitions(2, 3)")
+    async def ensure_partitions(self, now: datetime) -> None:
+        """Monthly partitions of `events` from two months before `now`'s to three after."""
+        await self._all("SELECT flagmeter_ensure_event_partitions(2, 3, %s)", (now,))
 
-    async def prune(self, keep_days: int) -> tuple[int, list[str]]:
+    async def prune(self, keep_days: int, now: datetime) -> tuple[int, list[str]]:
         """Drop month partitions wholly older than `keep_days` and ledger rows past 40 days."""
         dropped: list[str] = []
         async with self._cursor() as cur:
@@ -395,7 +429,7 @@ class Store:
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                 " WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'"
             )
-            cutoff = datetime.now(UTC).timestamp() - keep_days * 86400
+            cutoff = now.timestamp() - keep_days * 86400
             for (name,) in await cur.fetchall():
                 year, month = int(name[7:11]), int(name[12:14])
                 end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
@@ -454,7 +488,9 @@ class Store:
             rows = await cur.fetchall()
         return [
             DeliveryJob(
-                row[0], row[1], int(row[2]),
+                row[0],
+                row[1],
+                int(row[2]),
                 Alert(int(row[3]), row[4], row[5], int(row[6]), int(row[7]), int(row[8]), row[9], row[10]),
                 row[11] if row[1] == "slack" else row[12],
                 row[13] if row[1] == "webhook" else None,
@@ -547,19 +583,6 @@ class Store:
             (tenant_ids, since),
         )
         return {tenant: int(tokens) for tenant, tokens in rows}
-
-    async def usage_by_period(self, periods: dict[str, datetime]) -> dict[str, dict[str, int]]:
-        """Tokens by feature for each tenant's given period start, in one query (the dashboard)."""
-        rows = await self._all(
-            "SELECT p.tenant_id, p.feature, p.tokens FROM period_totals p"
-            " JOIN unnest(%s::text[], %s::timestamptz[]) AS i(tenant_id, period_start)"
-            " USING (tenant_id, period_start)",
-            (list(periods), list(periods.values())),
-        )
-        usage: dict[str, dict[str, int]] = {tenant: {} for tenant in periods}
-        for tenant, feature, tokens in rows:
-            usage[tenant][feature] = int(tokens)
-        return usage
 
 
 # The batch's columns travel as array literals ('{"a","b"}'), not as Python lists: psycopg2 turns a

@@ -57,7 +57,7 @@ class Worker:
     async def start(self) -> None:
         await self.stream.ensure_group()
         try:
-            await self.store.ensure_partitions()
+            await self.store.ensure_partitions(self.settings.clock.now())
         except StoreUnavailable as error:
             log.warning("could not ensure event partitions yet", extra={"error": str(error)})
 
@@ -140,6 +140,7 @@ class Worker:
                 result = await self.store.write_batch(
                     [event for e in entries for event in e.events or ()],
                     slack_fallback=bool(self.settings.slack_webhook_url),
+                    now=self.settings.clock.now(),
                 )
                 break
             except StoreUnavailable as error:
@@ -176,7 +177,7 @@ class Worker:
         for tenant, tokens in result.tokens_by_tenant.items():
             metrics.tenant_tokens.labels(tenant).inc(tokens)
         oldest = min(event.received_ms for e in entries for event in e.events or ())
-        metrics.rollup_lag.set(max(time.time() - oldest / 1000, 0.0))
+        metrics.rollup_lag.set(max(self.settings.clock.now_ms() - oldest, 0) / 1000)
         for alert in result.alerts:
             metrics.alerts_fired.labels(str(alert.threshold)).inc()
             log.info("quota alert decided", extra={"tenant": alert.tenant_id, "threshold": alert.threshold})
@@ -196,12 +197,13 @@ class Worker:
                 metrics.stream_length.set(backlog.length)
                 metrics.stream_pending.set(backlog.pending)
                 metrics.dead_letter_length.set(backlog.dead_letters)
+                # Stream ids carry Redis's own (system) time, not the service clock.
                 lag = 0.0 if backlog.oldest_ms is None else max(time.time() - backlog.oldest_ms / 1000, 0.0)
                 metrics.consumer_lag.set(lag)
                 metrics.db_pool_size.labels("worker").set(self.store.pool_size)
                 metrics.sample_process("worker")
                 if time.monotonic() - last_partitions > 3600:
-                    await self.store.ensure_partitions()
+                    await self.store.ensure_partitions(self.settings.clock.now())
                     last_partitions = time.monotonic()
             except Exception as error:
                 log.warning("housekeeping failed", extra={"error": repr(error)})

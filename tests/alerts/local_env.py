@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -22,8 +22,9 @@ import psycopg2
 import redis
 from aiohttp import web
 
+from flagmeter.clock import rfc3339
 from flagmeter.localstack import free_port
-from stacklib import fresh_database, wait_until
+from stacklib import fresh_database, mid_period_day, wait_until
 
 REDIS_DATABASES = 16  # the server's default; 0 is the session stack's
 
@@ -34,10 +35,6 @@ FAST_DELIVERY = {
     "FLAGMETER_ALERT_MAX_ATTEMPTS": "5",
     "FLAGMETER_PUBLIC_URL": "https://flagmeter.example",
 }
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -82,12 +79,17 @@ class LocalEnv:
         )
         return result
 
-    def create_tenant(self, quota: int = 1000, billing_day: int = 1, **patch: Any) -> str:
+    def create_tenant(self, quota: int = 1000, billing_day: int | None = None, **patch: Any) -> str:
         tenant = f"t-{uuid.uuid4().hex[:10]}"
         status, body, _ = self.request(
             "POST",
             "/v1/tenants",
-            {"id": tenant, "name": f"Tenant {tenant}", "monthly_quota": quota, "billing_day": billing_day},
+            {
+                "id": tenant,
+                "name": f"Tenant {tenant}",
+                "monthly_quota": quota,
+                "billing_day": billing_day or mid_period_day(),
+            },
         )
         assert status == 201, body
         if patch:
@@ -107,7 +109,7 @@ class LocalEnv:
                 "tenant": tenant,
                 "feature": feature,
                 "tokens": n,
-                **({"timestamp": iso(at)} if at else {}),
+                **({"timestamp": rfc3339(at)} if at else {}),
             }
             for n in tokens
         ]

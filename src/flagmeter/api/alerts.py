@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from ..alerts import new_secret, valid_secret, validate_thresholds
+from ..clock import rfc3339
 from ..delivery import url_problem
 from ..store import AlertRecord, AlertSettings, AttemptRecord
 from .auth import require_admin
 from .errors import ApiError, json_response
-from .usage import rfc3339
 
 ALERT_FIELDS = frozenset({"alert_thresholds", "webhook_url", "webhook_secret"})
 HISTORY_LIMIT = 100

@@ -13,9 +13,8 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from html import escape
 from importlib import resources
 from pathlib import PurePath
@@ -26,12 +25,12 @@ from aiohttp import web
 
 from .. import metrics
 from ..alerts import percent_used
-from ..periods import Period, period_containing
-from ..store import AlertRecord, Tenant
+from ..clock import rfc3339
+from ..periods import Period
+from ..store import AlertRecord, CurrentUsage, Tenant
 from .alerts import alert_json
 from .auth import FailureThrottle, client_address
 from .errors import ApiError, json_response
-from .usage import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,9 @@ def _is_admin(request: web.Request) -> bool:
     if scheme.lower() == "bearer" and token.strip():
         return bool(request.app["directory"].is_admin_token(token.strip()))
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    return bool(cookie) and valid_session(cookie, request.app["settings"].admin_token, time.time())
+    return bool(cookie) and valid_session(
+        cookie, request.app["settings"].admin_token, request.app["settings"].clock.now().timestamp()
+    )
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     response = _see_other("/")
     response.set_cookie(
         SESSION_COOKIE,
-        new_session(request.app["settings"].admin_token, time.time()),
+        new_session(request.app["settings"].admin_token, request.app["settings"].clock.now().timestamp()),
         max_age=SESSION_TTL_S,
         path="/",
         httponly=True,
@@ -216,11 +217,9 @@ class TenantRow:
 
 async def _rows(request: web.Request, now: datetime) -> list[TenantRow]:
     store = request.app["store"]
-    tenants: list[Tenant] = await store.list_tenants()
-    periods = {t.id: period_containing(now, t.billing_day) for t in tenants}
-    usage = await store.usage_by_period({tid: p.start for tid, p in periods.items()})
-    recent = await store.recent_tokens(list(periods), now - POLL_WINDOW)
-    rows = [TenantRow(t, periods[t.id], usage.get(t.id, {}), recent.get(t.id, 0)) for t in tenants]
+    current: dict[str, CurrentUsage] = await store.current_usage(now)
+    recent = await store.recent_tokens(list(current), now - POLL_WINDOW)
+    rows = [TenantRow(c.tenant, c.period, c.by_feature, recent.get(tid, 0)) for tid, c in current.items()]
     return sorted(rows, key=lambda r: (-r.percent, r.tenant.name.lower(), r.tenant.id))
 
 
@@ -257,7 +256,7 @@ def _row_html(row: TenantRow | None) -> str:
 async def overview(request: web.Request) -> web.Response:
     if not _is_admin(request):
         return _login_page()
-    now = datetime.now(UTC)
+    now = request.app["settings"].clock.now()
     rows = await _rows(request, now)
     main = _render(
         "overview.html",
@@ -274,7 +273,7 @@ async def usage_json(request: web.Request) -> web.Response:
     """What dashboard.js polls: the overview's rows, already sorted."""
     if not _is_admin(request):
         raise ApiError(401, "unauthorized", "sign in at / first")
-    now = datetime.now(UTC)
+    now = request.app["settings"].clock.now()
     rows = await _rows(request, now)
     return json_response(
         {"as_of": rfc3339(now), "tenants": [r.as_json() for r in rows]}, headers={"Cache-Control": "no-store"}
@@ -348,12 +347,11 @@ async def tenant_page(request: web.Request) -> web.Response:
     if not _is_admin(request):
         return _login_page()
     store = request.app["store"]
-    tenant: Tenant | None = await store.get_tenant(request.match_info["tenant"])
-    if tenant is None:
+    now = request.app["settings"].clock.now()
+    current = (await store.current_usage(now, request.match_info["tenant"])).get(request.match_info["tenant"])
+    if current is None:
         return _page("Unknown tenant", '<p class="error">No such tenant.</p>', signed_in=True, status=404)
-    now = datetime.now(UTC)
-    period = period_containing(now, tenant.billing_day)
-    by_feature = await store.period_usage(tenant.id, period.start)
+    tenant, period, by_feature = current.tenant, current.period, current.by_feature
     series = await store.series(tenant.id, period.start, period.end, "hour", None)
     history = await store.alert_history(tenant.id, 50)
     settings = (await store.alert_settings([tenant.id])).get(tenant.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -58,7 +57,7 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
         raise ApiError(400, "invalid_body", "body must be an event object or an array of events")
 
     existing = await _existing_tenants(app, items, principal.tenant)
-    now_ms = int(time.time() * 1000)
+    now_ms = app["settings"].clock.now_ms()
     accepted = []
     rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(items):

@@ -7,12 +7,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..clock import rfc3339
 from ..events import TENANT_ID
 from ..store import ApiKey, Conflict, Tenant
 from . import alerts as alert_settings
 from .auth import new_key, require_admin
 from .errors import ApiError, json_response, read_json
-from .usage import rfc3339
 
 MAX_QUOTA = 10**15
 CREATE_FIELDS = {"id", "name", "monthly_quota", "billing_day", "slack_webhook_url"}

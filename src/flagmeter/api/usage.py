@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from ..clock import rfc3339
 from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
 from ..store import WINDOWS, Tenant
@@ -13,10 +14,6 @@ from .auth import Principal
 from .errors import ApiError, json_response
 
 MAX_SERIES_SPAN = {"minute": timedelta(days=35), "hour": timedelta(days=400), "day": timedelta(days=800)}
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def readable_tenant(request: web.Request) -> Tenant:
@@ -32,10 +29,12 @@ async def readable_tenant(request: web.Request) -> Tenant:
 
 
 async def usage_document(request: web.Request, tenant: Tenant, now: datetime) -> dict[str, object]:
-    period = period_containing(now, tenant.billing_day)
-    by_feature = await request.app["store"].period_usage(tenant.id, period.start)
-    used = sum(by_feature.values())
-    quota = tenant.monthly_quota
+    # Read fresh, not from the tenant cache: another process's cached billing day may be stale.
+    current = (await request.app["store"].current_usage(now, tenant.id)).get(tenant.id)
+    if current is None:
+        raise ApiError(404, "unknown_tenant", f"tenant {tenant.id!r} does not exist")
+    period, by_feature, used = current.period, current.by_feature, current.used
+    quota = current.tenant.monthly_quota
     percent = round(100 * used / quota, 2) if quota else (100.0 if used else 0.0)
     return {
         "tenant": tenant.id,
@@ -51,7 +50,7 @@ async def usage_document(request: web.Request, tenant: Tenant, now: datetime) ->
 
 async def get_usage(request: web.Request) -> web.Response:
     tenant = await readable_tenant(request)
-    return json_response(await usage_document(request, tenant, datetime.now(UTC)))
+    return json_response(await usage_document(request, tenant, request.app["settings"].clock.now()))
 
 
 def _moment(request: web.Request, name: str, default: datetime) -> datetime:
@@ -66,7 +65,7 @@ def _moment(request: web.Request, name: str, default: datetime) -> datetime:
 
 async def get_series(request: web.Request) -> web.Response:
     tenant = await readable_tenant(request)
-    period = period_containing(datetime.now(UTC), tenant.billing_day)
+    period = period_containing(request.app["settings"].clock.now(), tenant.billing_day)
     window = request.query.get("window", "hour")
     if window not in WINDOWS:
         raise ApiError(422, "invalid_parameter", "window must be minute, hour or day")
