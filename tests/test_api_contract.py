@@ -198,6 +198,22 @@ def test_batch_accepts_valid_events_and_reports_each_rejection(stack: Stack) -> 
     stack.wait_used(tenant, 5)
 
 
+def test_an_id_repeated_within_a_batch_is_accepted_once_and_listed_as_a_duplicate(stack: Stack) -> None:
+    tenant, key = stack.create_tenant()
+    batch = [
+        {"id": "d1", "feature": "chat", "tokens": 10},
+        {"id": "d1", "feature": "chat", "tokens": 99},  # the same event again: the first one counts
+        {"id": "d2", "feature": "chat", "tokens": 5},
+        {"id": "d2", "feature": "chat", "tokens": 5},
+    ]
+    status, body, _ = stack.request("POST", "/v1/events", batch, token=key)
+    assert status == 202, body
+    assert body["accepted"] == 2 and body["ids"] == ["d1", "d2"]
+    assert body["duplicates"] == [{"index": 1, "id": "d1"}, {"index": 3, "id": "d2"}]
+    assert body["rejected"] == []
+    stack.wait_used(tenant, 15)
+
+
 def test_admin_posts_for_any_tenant_and_unknown_tenants_are_rejected(stack: Stack) -> None:
     tenant, _ = stack.create_tenant()
     batch = [ev(2, tenant=tenant), ev(3, tenant="no-such-tenant"), ev(4)]

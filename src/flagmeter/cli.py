@@ -288,6 +288,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
 async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
     """Show or set a tenant's alert thresholds."""
     from .alerts import validate_thresholds
+    from .store import AlertSettingsChange
 
     if raw is not None:
         try:
@@ -295,7 +296,7 @@ async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
         except ValueError as error:
             print(f"flagmeter: --thresholds: {error}", file=sys.stderr)
             return 2
-        if not await store.update_alert_settings(tenant_id, chosen, None, False):
+        if not await store.update_alert_settings(tenant_id, AlertSettingsChange(chosen)):
             print(f"flagmeter: unknown tenant {tenant_id!r}", file=sys.stderr)
             return 1
     current = (await store.alert_settings([tenant_id])).get(tenant_id)

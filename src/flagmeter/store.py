@@ -85,6 +85,30 @@ class CurrentUsage:
         return sum(self.by_feature.values())
 
 
+@dataclass(frozen=True, slots=True)
+class AlertSettingsChange:
+    thresholds: list[int] | None = None
+    webhook: tuple[str, str] | None = None  # (url, secret)
+    clear_webhook: bool = False
+
+
+async def _apply_alert_settings(cur: Any, tenant_id: str, change: AlertSettingsChange) -> None:
+    if change.thresholds is not None:
+        await cur.execute(
+            "UPDATE tenants SET alert_thresholds = %s::smallint[], updated_at = now() WHERE id = %s",
+            (change.thresholds, tenant_id),
+        )
+    if change.clear_webhook:
+        await cur.execute("DELETE FROM alert_webhooks WHERE tenant_id = %s", (tenant_id,))
+    elif change.webhook is not None:
+        await cur.execute(
+            "INSERT INTO alert_webhooks (tenant_id, url, secret) VALUES (%s, %s, %s)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET url = excluded.url, secret = excluded.secret,"
+            " enabled = true",
+            (tenant_id, *change.webhook),
+        )
+
+
 def _tenant(row: Sequence[Any]) -> Tenant:
     return Tenant(row[0], row[1], row[2], row[3], row[4], row[5])
 
@@ -198,8 +222,11 @@ class Store:
         rows = await self._all(f"SELECT {TENANT_COLUMNS} FROM {TENANT_FROM} WHERE t.id = %s", (tenant_id,))
         return _tenant(rows[0]) if rows else None
 
-    async def update_tenant(self, tenant_id: str, changes: dict[str, Any]) -> Tenant | None:
-        """Apply validated changes; a new billing day regroups the period totals from the rollups."""
+    async def update_tenant(
+        self, tenant_id: str, changes: dict[str, Any], alert_change: AlertSettingsChange | None = None
+    ) -> Tenant | None:
+        """Apply validated changes (and alert settings) in one transaction; a new billing day
+        regroups the period totals from the rollups in it too."""
         columns = {k: v for k, v in changes.items() if k in {"name", "monthly_quota", "billing_day"}}
         async with self._cursor(transaction=True) as cur:
             await cur.execute("SELECT billing_day FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,))
@@ -222,6 +249,8 @@ class Store:
                     )
                 else:
                     await cur.execute("DELETE FROM slack_webhooks WHERE tenant_id = %s", (tenant_id,))
+            if alert_change is not None:
+                await _apply_alert_settings(cur, tenant_id, alert_change)
             new_day = columns.get("billing_day")
             if new_day is not None and new_day != row[0]:
                 await self._regroup_period_totals(cur, tenant_id, new_day)
@@ -449,32 +478,13 @@ class Store:
         )
         return {row[0]: AlertSettings(list(row[1]), row[2], bool(row[3])) for row in rows}
 
-    async def update_alert_settings(
-        self,
-        tenant_id: str,
-        thresholds: list[int] | None,
-        webhook: tuple[str, str] | None,
-        clear_webhook: bool,
-    ) -> bool:
-        """Set thresholds and/or the signed webhook (url, secret); False when the tenant is unknown."""
+    async def update_alert_settings(self, tenant_id: str, change: AlertSettingsChange) -> bool:
+        """Set thresholds and/or the signed webhook; False when the tenant is unknown."""
         async with self._cursor(transaction=True) as cur:
             await cur.execute("SELECT 1 FROM tenants WHERE id = %s FOR NO KEY UPDATE", (tenant_id,))
             if await cur.fetchone() is None:
                 return False
-            if thresholds is not None:
-                await cur.execute(
-                    "UPDATE tenants SET alert_thresholds = %s::smallint[], updated_at = now() WHERE id = %s",
-                    (thresholds, tenant_id),
-                )
-            if clear_webhook:
-                await cur.execute("DELETE FROM alert_webhooks WHERE tenant_id = %s", (tenant_id,))
-            elif webhook is not None:
-                await cur.execute(
-                    "INSERT INTO alert_webhooks (tenant_id, url, secret) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (tenant_id) DO UPDATE SET url = excluded.url, secret = excluded.secret,"
-                    " enabled = true",
-                    (tenant_id, *webhook),
-                )
+            await _apply_alert_settings(cur, tenant_id, change)
         return True
 
     async def webhook_secret(self, tenant_id: str) -> str | None:

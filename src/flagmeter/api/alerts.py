@@ -10,7 +10,7 @@ from aiohttp import web
 from ..alerts import new_secret, valid_secret, validate_thresholds
 from ..clock import rfc3339
 from ..delivery import url_problem
-from ..store import AlertRecord, AlertSettings, AttemptRecord
+from ..store import AlertRecord, AlertSettings, AlertSettingsChange, AttemptRecord
 from .auth import require_admin
 from .errors import ApiError, json_response
 
@@ -70,17 +70,15 @@ async def take_changes(request: web.Request, body: dict[str, Any]) -> AlertChang
     return AlertChanges(thresholds, url, secret)
 
 
-async def apply_changes(request: web.Request, tenant_id: str, changes: AlertChanges) -> dict[str, Any]:
-    """Store the changes; returns `webhook_secret` when a new webhook was set (shown this once)."""
+def settings_change(changes: AlertChanges) -> tuple[AlertSettingsChange | None, dict[str, Any]]:
+    """What the store applies with the tenant's other changes, and `webhook_secret` when a new
+    webhook is set (shown this once)."""
     if changes.empty:
-        return {}
+        return None, {}
     secret = changes.webhook_secret or (new_secret() if changes.webhook_url else None)
     webhook = (changes.webhook_url, secret) if changes.webhook_url and secret else None
-    if not await request.app["store"].update_alert_settings(
-        tenant_id, changes.thresholds, webhook, changes.clear_webhook
-    ):
-        raise ApiError(404, "unknown_tenant", f"tenant {tenant_id!r} does not exist")
-    return {"webhook_secret": secret} if webhook else {}
+    change = AlertSettingsChange(changes.thresholds, webhook, changes.clear_webhook)
+    return change, ({"webhook_secret": secret} if webhook else {})
 
 
 def settings_json(settings: AlertSettings | None) -> dict[str, Any]:

@@ -60,16 +60,23 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
     now_ms = app["settings"].clock.now_ms()
     accepted = []
     rejected: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for index, raw in enumerate(items):
         try:
-            accepted.append(
-                normalise(
-                    raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
-                )
+            event = normalise(
+                raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
             )
         except Rejection as rejection:
             metrics.events_rejected.labels(rejection.code).inc()
             rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
+            continue
+        # An id repeated within one request is the same event: it counts once (the first), like a retry.
+        if (event.tenant, event.id) in seen:
+            duplicates.append({"index": index, "id": event.id})
+            continue
+        seen.add((event.tenant, event.id))
+        accepted.append(event)
 
     if not accepted:
         if isinstance(body, dict):
@@ -97,7 +104,13 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
         ) from None
     metrics.events_accepted.inc(len(accepted))
     return json_response(
-        {"accepted": len(accepted), "ids": [event.id for event in accepted], "rejected": rejected}, 202
+        {
+            "accepted": len(accepted),
+            "ids": [event.id for event in accepted],
+            "duplicates": duplicates,
+            "rejected": rejected,
+        },
+        202,
     )
 
 

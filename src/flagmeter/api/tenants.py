@@ -131,10 +131,10 @@ async def patch_tenant(request: web.Request) -> web.Response:
     alert_changes = await alert_settings.take_changes(request, body)  # pops the alert fields
     if "name" in body:
         body["name"] = body["name"].strip()
-    tenant = await request.app["store"].update_tenant(request.match_info["tenant"], body)
+    alert_change, shown_once = alert_settings.settings_change(alert_changes)
+    tenant = await request.app["store"].update_tenant(request.match_info["tenant"], body, alert_change)
     if tenant is None:
         raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
-    shown_once = await alert_settings.apply_changes(request, tenant.id, alert_changes)
     request.app["directory"].forget_tenant(tenant.id)
     document = (await alert_settings.with_settings(request, [tenant_json(tenant)]))[0]
     return json_response(document | shown_once)
