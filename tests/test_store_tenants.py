@@ -25,7 +25,9 @@ def test_a_failing_alert_change_leaves_the_tenant_unchanged(servers: LocalStack)
     url = fresh_database(servers.database_url)
     asyncio.run(migrate(url))
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO tenants (id, name, monthly_quota, billing_day) VALUES ('acme', 'Acme', 100, 1)")
+        cur.execute(
+            "INSERT INTO tenants (id, name, monthly_quota, billing_day) VALUES ('acme', 'Acme', 100, 1)"
+        )
     conn.close()
 
     async def patch(change: AlertSettingsChange) -> None:
