@@ -95,6 +95,40 @@ def test_revoked_key_stops_working_within_5_seconds_on_every_process(stack: Stac
 # -- tenants and keys -----------------------------------------------------------------------
 
 
+def test_a_key_carries_the_name_it_was_issued_with_and_lists_show_it(stack: Stack) -> None:
+    tenant, _ = stack.create_tenant()
+    status, created, _ = stack.request("POST", f"/v1/tenants/{tenant}/keys", {"name": "production"})
+    assert status == 201 and created["name"] == "production" and created["api_key"].startswith("fm_")
+    status, unnamed, _ = stack.request("POST", f"/v1/tenants/{tenant}/keys")
+    assert status == 201 and unnamed["name"] == ""
+    listed = stack.request("GET", f"/v1/tenants/{tenant}/keys")[1]["keys"]
+    assert {k["id"]: k["name"] for k in listed}.items() >= {
+        created["id"]: "production",
+        unnamed["id"]: "",
+    }.items()
+    assert all("api_key" not in k for k in listed)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"name": 7}, 422, "invalid_key"),
+        ({"name": "x" * 101}, 422, "invalid_key"),
+        ({"name": "tab\there"}, 422, "invalid_key"),
+        ({"label": "x"}, 422, "invalid_key"),
+        ([], 400, "invalid_body"),
+    ],
+)
+def test_bad_key_requests_are_refused_and_issue_nothing(
+    stack: Stack, body: object, status: int, code: str
+) -> None:
+    tenant, _ = stack.create_tenant()
+    before = stack.request("GET", f"/v1/tenants/{tenant}/keys")[1]["keys"]
+    answer, error, _ = stack.request("POST", f"/v1/tenants/{tenant}/keys", body)
+    assert (answer, error["error"]["code"]) == (status, code)
+    assert stack.request("GET", f"/v1/tenants/{tenant}/keys")[1]["keys"] == before
+
+
 def test_create_tenant_returns_the_key_once_and_stores_only_its_hash(stack: Stack) -> None:
     tenant_id = f"t-{uuid.uuid4().hex[:10]}"
     status, body, _ = stack.request(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, clock_from_env
 from .events import TENANT_ID
+from .listen import EXIT_PORT_TAKEN, PortTaken, ensure_free
 
 log = logging.getLogger("flagmeter")
 
@@ -30,9 +32,25 @@ DEMO_TENANTS = (
 )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _environment() -> dict[str, str]:
+    """The environment of a management command (migrate, seed, tenant, prune, dead-letters): with
+    DATABASE_URL and REDIS_URL unset, a running `flagmeter dev` stack's settings fill them in."""
+    from .devrun import running_dev_environment
+
+    env = dict(os.environ)
+    if env.get("DATABASE_URL") or env.get("REDIS_URL"):
+        return env
+    found = running_dev_environment(env)
+    if found is None:
+        return env
+    path, settings = found
+    print(f"flagmeter: using the running dev stack's settings from {path}", file=sys.stderr)
+    return {**settings, **env}
+
+
+def _settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
     try:
-        settings = Settings.from_env(dev=getattr(args, "dev", False))
+        settings = Settings.from_env(env, dev=getattr(args, "dev", False))
     except ConfigError as error:
         print(f"flagmeter: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -66,8 +84,13 @@ async def _serve_api(settings: Settings, reuse_port: bool) -> None:
 
     runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", settings.port, reuse_port=reuse_port, backlog=4096)
-    await site.start()
+    site = web.TCPSite(runner, settings.listen_host, settings.port, reuse_port=reuse_port, backlog=4096)
+    try:
+        await site.start()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortTaken(settings.listen_host, settings.port, "PORT") from None
+        raise
     log.info("api listening", extra={"port": settings.port, "pid": os.getpid()})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,12 +100,21 @@ async def _serve_api(settings: Settings, reuse_port: bool) -> None:
     await runner.cleanup()
 
 
+def _port_taken(error: PortTaken) -> int:
+    print(f"flagmeter: {error}", file=sys.stderr)
+    return 1
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(args)
     processes = args.processes or settings.api_processes
-    if processes == 1:
-        _run(_serve_api(settings, reuse_port=False))
-        return 0
+    try:
+        ensure_free(settings.listen_host, settings.port, "PORT")
+        if processes == 1:
+            _run(_serve_api(settings, reuse_port=False))
+            return 0
+    except PortTaken as error:
+        return _port_taken(error)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
     # The app is imported by each child, not before the fork: the supervisor stays ~25 MB instead of
     # carrying every library's pages too (RSS counts shared pages once per process).
@@ -93,6 +125,7 @@ def _supervise(processes: int, serve: Callable[[], None]) -> int:
     """Fork `processes` children sharing the port (SO_REUSEPORT); restart any that dies."""
     children: set[int] = set()
     stopping = False
+    exit_code = 0
 
     def spawn() -> None:
         pid = os.fork()
@@ -102,6 +135,9 @@ def _supervise(processes: int, serve: Callable[[], None]) -> int:
             code = 0
             try:
                 serve()
+            except PortTaken as error:  # taken between the supervisor's check and this bind
+                print(f"flagmeter: {error}", file=sys.stderr)
+                code = EXIT_PORT_TAKEN
             except BaseException:
                 log.exception("api process failed")
                 code = 1
@@ -131,10 +167,13 @@ def _supervise(processes: int, serve: Callable[[], None]) -> int:
         from prometheus_client import multiprocess  # only now: it would double the supervisor's size
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-        if not stopping:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_PORT_TAKEN:
+            forward(signal.SIGTERM, None)  # restarting cannot help
+            exit_code = 1
+        elif not stopping:
             log.error("api process died; restarting", extra={"pid": pid, "status": status})
             spawn()
-    return 0
+    return exit_code
 
 
 # -- worker ---------------------------------------------------------------------------------
@@ -166,7 +205,7 @@ async def _worker(settings: Settings, concurrency: int) -> None:
         app.router.add_get("/ready", endpoints.ready)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", settings.worker_metrics_port).start()
+        await web.TCPSite(runner, settings.listen_host, settings.worker_metrics_port).start()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,6 +221,11 @@ async def _worker(settings: Settings, concurrency: int) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings.worker_metrics_port:
+        try:
+            ensure_free(settings.listen_host, settings.worker_metrics_port, "FLAGMETER_WORKER_METRICS_PORT")
+        except PortTaken as error:
+            return _port_taken(error)
     _run(_worker(settings, args.concurrency))
     return 0
 
@@ -192,11 +236,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .store import migrate
 
-    database_url = os.environ.get("DATABASE_URL")
+    env = _environment()
+    database_url = env.get("DATABASE_URL")
     if not database_url:
         print("flagmeter: missing required environment: DATABASE_URL", file=sys.stderr)
         return 2
-    logs.setup(os.environ.get("FLAGMETER_LOG_LEVEL", "INFO"))
+    logs.setup(env.get("FLAGMETER_LOG_LEVEL", "INFO"))
     applied = _run(migrate(database_url))
     log.info("migrations done", extra={"applied": applied})
     return 0
@@ -205,7 +250,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 async def _with_store(fn: Callable[[Any], Awaitable[Any]]) -> Any:
     from .store import Store
 
-    database_url = os.environ.get("DATABASE_URL")
+    database_url = _environment().get("DATABASE_URL")
     if not database_url:
         raise SystemExit("flagmeter: missing required environment: DATABASE_URL")
     store = await Store.connect(database_url, size=2)
@@ -215,13 +260,18 @@ async def _with_store(fn: Callable[[Any], Awaitable[Any]]) -> Any:
         await store.close()
 
 
-async def seed(store: Any) -> list[tuple[str, str]]:
-    """Ensure the demo tenants; give each a fresh demo key (older demo keys are revoked)."""
-    from .api.auth import new_key
+async def seed(store: Any, known: dict[str, str]) -> list[tuple[str, str]]:
+    """Ensure the demo tenants, each with a working demo key: its key in `known` while that still
+    works, else a fresh one (older demo keys are revoked)."""
+    from .api.auth import hash_key, new_key
     from .store import Conflict, Tenant
 
     keys = []
     for tenant_id, name, quota, day in DEMO_TENANTS:
+        kept = known.get(tenant_id)
+        if kept and await store.tenant_for_key(hash_key(kept)) == tenant_id:
+            keys.append((tenant_id, kept))
+            continue
         key_id, key, key_hash = new_key()
         try:
             await store.create_tenant(Tenant(tenant_id, name, quota, day, None), key_id, key_hash, "demo")  # type: ignore[arg-type]
@@ -233,8 +283,17 @@ async def seed(store: Any) -> list[tuple[str, str]]:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    for tenant_id, key in _run(_with_store(seed)):
-        print(f"{tenant_id}\t{key}")
+    path = Path(args.keys_file) if args.keys_file else None
+    known: dict[str, str] = {}
+    if path is not None and path.exists():
+        known = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
+    keys = _run(_with_store(lambda store: seed(store, known)))
+    lines = "".join(f"{tenant_id}\t{key}\n" for tenant_id, key in keys)
+    if path is not None:
+        path.touch(0o600)
+        path.chmod(0o600)
+        path.write_text(lines)
+    print(lines, end="")
     return 0
 
 
@@ -309,8 +368,6 @@ async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     async def act(store: Any) -> tuple[int, list[str]]:
-        from .config import clock_from_env
-
         now = clock_from_env(dict(os.environ)).now()
         result: tuple[int, list[str]] = await store.prune(args.keep_days, now)
         return result
@@ -323,7 +380,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from .stream import Stream
 
-    settings = _settings(argparse.Namespace(dev=True))
+    settings = _settings(argparse.Namespace(dev=True), _environment())
 
     async def act() -> int:
         stream = Stream.from_settings(settings)
@@ -374,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)").set_defaults(
         func=cmd_migrate
     )
-    sub.add_parser("seed", help="create the demo tenants and print fresh demo keys").set_defaults(
-        func=cmd_seed
+    seeding = sub.add_parser("seed", help="create the demo tenants and print their demo keys")
+    seeding.add_argument(
+        "--keys-file", help="keep the demo keys listed here while they work (tenant<TAB>key); write them back"
     )
+    seeding.set_defaults(func=cmd_seed)
 
     tenant = sub.add_parser("tenant", help="manage tenants: create | list | key | thresholds")
     tenant.add_argument("action", choices=["create", "list", "key", "thresholds"])

@@ -56,6 +56,7 @@ class Settings:
     redis_url: str
     admin_token: str
     port: int = 8080
+    listen_host: str = "0.0.0.0"
     api_processes: int = 1
     worker_metrics_port: int = 9091
     rate_limit: int = 10000
@@ -101,6 +102,7 @@ class Settings:
             redis_url=env["REDIS_URL"],
             admin_token=admin_token,
             port=port,
+            listen_host=env.get("FLAGMETER_LISTEN_HOST", "0.0.0.0") or "0.0.0.0",
             api_processes=_int(env, "FLAGMETER_API_PROCESSES", os.cpu_count() or 1, 1),
             worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", 9091, 0),
             rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),

@@ -183,6 +183,7 @@ class LocalStack:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal: the API and worker stop first, then Redis
         )
         _wait_port(self.redis_port, 15, "Redis")
 

@@ -15,6 +15,7 @@ from .auth import new_key, require_admin
 from .errors import ApiError, json_response, read_json
 
 MAX_QUOTA = 10**15
+MAX_KEY_NAME = 100
 CREATE_FIELDS = {"id", "name", "monthly_quota", "billing_day", "slack_webhook_url"}
 PATCH_FIELDS = {"name", "monthly_quota", "billing_day", "slack_webhook_url", *alert_settings.ALERT_FIELDS}
 
@@ -33,6 +34,7 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
 def key_json(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
+        "name": key.label,
         "created_at": rfc3339(key.created_at),
         "revoked_at": rfc3339(key.revoked_at) if key.revoked_at else None,
     }
@@ -149,10 +151,20 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     require_admin(await request.app["directory"].principal(request))
+    body = await read_json(request) if request.body_exists else {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "body must be a JSON object")
+    if set(body) - {"name"}:
+        raise ApiError(422, "invalid_key", f"unknown field(s): {', '.join(sorted(set(body) - {'name'}))}")
+    name = body.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_KEY_NAME or not name.isprintable():
+        raise ApiError(
+            422, "invalid_key", f"name must be printable text of at most {MAX_KEY_NAME} characters"
+        )
     tenant = await _known_tenant(request)
     key_id, key, key_hash = new_key()
-    created = await request.app["store"].create_key(tenant.id, key_id, key_hash)
-    return json_response({"id": created.id, "api_key": key, "created_at": rfc3339(created.created_at)}, 201)
+    created = await request.app["store"].create_key(tenant.id, key_id, key_hash, name.strip())
+    return json_response(key_json(created) | {"api_key": key}, 201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
