@@ -172,6 +172,19 @@ def test_every_flagmeter_metric_used_is_exported_by_the_running_api_or_worker(st
     assert missing == {}, "used in rules/dashboards but exported by neither the API nor the worker"
 
 
+@pytest.mark.promtool
+def test_promtool_finds_nothing_to_complain_about_in_the_api_and_worker_metrics(
+    stack: Any, promtool: str
+) -> None:
+    """`promtool check metrics` on each real /metrics page (the API in multiprocess mode) says nothing."""
+    for role, url in (("api", stack.api_url), ("worker", stack.worker_metrics_url)):
+        page = scrape(_metrics_url(url))
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stdout + result.stderr) == (0, ""), f"{role} /metrics"
+
+
 def test_the_api_and_the_worker_each_export_only_their_own_families(stack: Any) -> None:
     """Every process defines every family; the API must not show the worker's at zero, nor vice versa."""
     api = exposed_names(scrape(_metrics_url(stack.api_url.rstrip("/"))))
