@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-import time
 import urllib.parse
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -14,8 +15,14 @@ from local_env import wait_until
 
 from flagmeter.api.auth import FailureThrottle, client_address
 from flagmeter.config import ConfigError, Settings
+from flagmeter.localstack import free_port
 
 ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
+
+
+def _own_counts() -> dict[str, str]:
+    """API settings whose sign-in failure counts (kept in Redis beside the stream) no other test shares."""
+    return {"FLAGMETER_STREAM": f"test-sign-ins-{uuid.uuid4().hex[:8]}"}
 
 
 def _get(
@@ -81,7 +88,7 @@ def test_a_wrong_token_is_refused_with_the_login_page(stack: Any) -> None:
 
 
 def test_failed_sign_ins_are_throttled_per_address_even_for_the_right_token(stack: Any) -> None:
-    api, url = stack.start_api(processes=1, FLAGMETER_LOGIN_ATTEMPTS="3")
+    api, url = stack.start_api(processes=1, FLAGMETER_LOGIN_ATTEMPTS="3", **_own_counts())
     try:
         assert _login(stack, stack.admin_token, base=url)[0] == 303  # successes are not counted
         for _ in range(3):
@@ -108,7 +115,7 @@ def _sign_ins(url: str) -> dict[str, float]:
 
 def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) -> None:
     api, url = stack.start_api(
-        processes=1, FLAGMETER_LOGIN_ATTEMPTS="2", FLAGMETER_TRUSTED_PROXIES="127.0.0.1"
+        processes=1, FLAGMETER_LOGIN_ATTEMPTS="2", FLAGMETER_TRUSTED_PROXIES="127.0.0.1", **_own_counts()
     )
     try:
         for _ in range(2):
@@ -118,6 +125,34 @@ def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) 
         # address in front of its own is still known by the address the proxy appended.
         assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2")[0] == 303
         assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2, 203.0.113.1")[0] == 429
+    finally:
+        api.stop()
+
+
+def test_the_sign_in_limit_is_one_count_across_api_processes(stack: Any) -> None:
+    """Two API servers (one process each, as two replicas would be) share an address's failures."""
+    settings = {"FLAGMETER_LOGIN_ATTEMPTS": "3", **_own_counts()}
+    (first, one), (second, two) = (stack.start_api(processes=1, **settings) for _ in range(2))
+    try:
+        for url in (one, two, one):
+            assert _login(stack, "not-the-admin-token", base=url)[0] == 401
+        for url in (two, one):
+            status, headers = _login(stack, stack.admin_token, base=url)
+            assert status == 429 and 1 <= int(headers["Retry-After"]) <= 300
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_while_redis_is_down_each_process_throttles_sign_ins_on_its_own(stack: Any) -> None:
+    """The dashboard stays reachable in a Redis outage, and guessing is still limited (per process)."""
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    api, url = stack.start_api(processes=1, REDIS_URL=dead_redis, FLAGMETER_LOGIN_ATTEMPTS="2")
+    try:
+        assert _login(stack, stack.admin_token, base=url)[0] == 303
+        for _ in range(2):
+            assert _login(stack, "not-the-admin-token", base=url)[0] == 401
+        assert _login(stack, stack.admin_token, base=url)[0] == 429
     finally:
         api.stop()
 
@@ -155,15 +190,19 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
 
 
 def test_the_throttle_forgets_an_address_when_its_window_ends() -> None:
-    throttle = FailureThrottle(allowed=2, window_s=0.3)
-    throttle.failed("192.0.2.1")
-    assert throttle.retry_after("192.0.2.1") == 0
-    throttle.failed("192.0.2.1")
-    assert throttle.retry_after("192.0.2.1") == 1 and throttle.retry_after("192.0.2.2") == 0
-    time.sleep(0.35)
-    assert throttle.retry_after("192.0.2.1") == 0
-    throttle.failed("192.0.2.1")  # a new window: one failure so far
-    assert throttle.retry_after("192.0.2.1") == 0
+    asyncio.run(_forgets_an_address_when_its_window_ends())
+
+
+async def _forgets_an_address_when_its_window_ends() -> None:
+    throttle = FailureThrottle(allowed=2, window_s=0.3)  # no Redis: the per-process fallback
+    await throttle.failed("192.0.2.1")
+    assert await throttle.retry_after("192.0.2.1") == 0
+    await throttle.failed("192.0.2.1")
+    assert await throttle.retry_after("192.0.2.1") == 1 and await throttle.retry_after("192.0.2.2") == 0
+    await asyncio.sleep(0.35)
+    assert await throttle.retry_after("192.0.2.1") == 0
+    await throttle.failed("192.0.2.1")  # a new window: one failure so far
+    assert await throttle.retry_after("192.0.2.1") == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/login-page-when-anonymous"])

@@ -135,7 +135,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     throttle: FailureThrottle = request.app["login_throttle"]
     trusted = request.app["settings"].trusted_proxies
     address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
-    wait = throttle.retry_after(address)
+    wait = await throttle.retry_after(address)
     if wait:
         metrics.dashboard_sign_ins.labels("throttled").inc()
         response = _login_page(f"Too many failed sign-ins; try again in {wait} s.", status=429)
@@ -144,7 +144,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     token = form.get("token")
     if not isinstance(token, str) or not token or not request.app["directory"].is_admin_token(token):
         metrics.dashboard_sign_ins.labels("wrong_token").inc()
-        if throttle.failed(address):
+        if await throttle.failed(address):
             log.warning("dashboard sign-in throttled", extra={"address": address})
         return _login_page("That is not the admin token.")
     metrics.dashboard_sign_ins.labels("signed_in").inc()
