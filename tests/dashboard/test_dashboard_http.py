@@ -8,16 +8,19 @@ import re
 import urllib.parse
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from local_env import wait_until
 
 from flagmeter.api.auth import FailureThrottle, client_address
+from flagmeter.api.dashboard import axis_ticks, compact, human_time, percent_label, usage_chart
 from flagmeter.config import ConfigError, Settings
 from flagmeter.localstack import free_port
+from flagmeter.periods import Period
 
-ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
+ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json", "/dashboard/tenants/acme/usage.json"]
 
 
 def _own_counts() -> dict[str, str]:
@@ -60,14 +63,55 @@ def test_without_credentials_only_the_login_page_is_served(stack: Any, path: str
     status, body, _ = _get(stack, path, token=None)
     assert status == 401
     assert tenant not in body and 'class="tenant"' not in body
-    if path != "/dashboard/usage.json":
+    if not path.endswith(".json"):
         assert 'action="/login"' in body
 
 
 def test_a_tenant_key_is_not_the_admin(stack: Any) -> None:
-    _, key = stack.create_tenant()
+    tenant, key = stack.create_tenant()
     status, body, _ = _get(stack, "/", token=key)
     assert status == 401 and 'action="/login"' in body
+    status, body, _ = _get(stack, f"/dashboard/tenants/{tenant}/usage.json", token=key)
+    assert status == 401 and tenant not in body
+
+
+@pytest.mark.parametrize(
+    ("percent", "label"),
+    [(5000010.0, "5,000,010 %"), (85.0, "85 %"), (12.5, "12.5 %"), (0.07, "0.07 %"), (0.0, "0 %")],
+)
+def test_percentages_read_as_grouped_numbers_never_exponents(percent: float, label: str) -> None:
+    assert percent_label(percent) == label
+
+
+def test_the_y_axis_has_round_labelled_steps_even_far_over_quota() -> None:
+    start = datetime(2026, 5, 15, tzinfo=UTC)
+    period = Period(start, datetime(2026, 6, 15, tzinfo=UTC))
+    chart = usage_chart(period, [(start, 50_000_000)], 1_000, start + timedelta(days=3))
+    assert [label for _, label in chart.ticks] == ["0", "20M", "40M"]
+    ys = [y for y, _ in chart.ticks]
+    assert ys == sorted(ys, reverse=True) and ys[0] - ys[-1] > 100  # spread over the plot, not stacked
+    assert chart.quota_label == "quota 1,000"
+    assert axis_ticks(110) == [0, 50, 100] and compact(2_500_000) == "2.5M" and compact(750) == "750"
+
+
+def test_times_read_as_people_read_them() -> None:
+    assert human_time(datetime(2026, 5, 3, 14, 2, 11, 123456, tzinfo=UTC)) == "3 May 2026, 14:02 UTC"
+
+
+def test_the_tenant_page_json_follows_new_events(stack: Any) -> None:
+    tenant, _ = stack.create_tenant(quota=1000)
+    path = f"/dashboard/tenants/{tenant}/usage.json"
+    status, body, headers = stack.request("GET", path)
+    assert status == 200 and body["tenant"]["used"] == 0 and headers["Cache-Control"] == "no-store"
+    stack.request("POST", "/v1/events", {"tenant": tenant, "feature": "chat", "tokens": 50_000_000})
+    stack.wait_used(tenant, 50_000_000)
+    wait_until(lambda: len(stack.request("GET", path)[1]["alerts"]) == 2, 10, "two alerts")
+    body = stack.request("GET", path)[1]
+    assert body["tenant"]["percent_label"] == "5,000,000 %" and body["tenant"]["level"] == "level-red"
+    assert len(body["chart"]["ticks"]) >= 3
+    alert = body["alerts"][0]
+    assert alert["created_label"].endswith(" UTC") and "." not in alert["created_label"]
+    assert stack.request("GET", "/dashboard/tenants/no-such-tenant/usage.json")[0] == 404
 
 
 def test_login_sets_a_signed_httponly_strict_cookie_not_the_token(stack: Any) -> None:
@@ -278,7 +322,9 @@ def test_the_tenant_page_charts_the_period_and_lists_alerts(stack: Any) -> None:
     assert status == 200
     assert '<svg class="chart"' in body and "<polyline" in body and "90 of 100" in body
     assert "<td>80 %</td>" in body and "no target configured" in body
-    assert _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)[0] == 404
+    assert 'title="20' in body and "<time" in body  # a readable time, the exact one on hover
+    status, body, _ = _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)
+    assert status == 404 and '<a href="/">' in body
 
 
 def test_static_assets_are_served_with_their_types(stack: Any) -> None:

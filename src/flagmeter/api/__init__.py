@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
             web.post("/logout", dashboard.logout),
             web.get("/tenants/{tenant}", dashboard.tenant_page),
             web.get("/dashboard/usage.json", dashboard.usage_json),
+            web.get("/dashboard/tenants/{tenant}/usage.json", dashboard.tenant_json),
             web.get("/static/{name}", dashboard.static),
         ]
     )
