@@ -100,9 +100,9 @@ db_pool_size = Gauge(
 process_memory = Gauge(
     "flagmeter_process_resident_memory_bytes", "Resident memory", ["role"], multiprocess_mode="livesum"
 )
-process_cpu = Gauge(
-    "flagmeter_process_cpu_seconds_total", "CPU time used", ["role"], multiprocess_mode="livesum"
-)
+# A counter (promtool refuses a gauge named _total): rate() over it then survives a process exit, whose
+# seconds stay in the multiprocess sum instead of dropping out of it like a reset.
+process_cpu = Counter("flagmeter_process_cpu_seconds_total", "CPU time used (user + system)", ["role"])
 alerts_fired = Counter("flagmeter_alerts_fired_total", "Quota alerts decided", ["threshold"])
 alert_deliveries = Counter(
     "flagmeter_alert_deliveries_total", "Alert delivery attempts by target and outcome", ["target", "outcome"]
@@ -132,10 +132,16 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+_cpu_counted = 0.0  # this process's CPU seconds already added to process_cpu
+
+
 def sample_process(role: str) -> None:
+    global _cpu_counted
     process_memory.labels(role).set(_rss_bytes())
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    process_cpu.labels(role).set(usage.ru_utime + usage.ru_stime)
+    used = usage.ru_utime + usage.ru_stime
+    process_cpu.labels(role).inc(max(used - _cpu_counted, 0.0))
+    _cpu_counted = max(used, _cpu_counted)
 
 
 async def sample_process_forever(role: str, every: float = 5.0) -> None:

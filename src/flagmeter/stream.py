@@ -56,6 +56,16 @@ return results
 """
 
 
+# One failed dashboard sign-in of an address: its count in a fixed window of ARGV[1] ms, shared by every
+# API process. The expiry is set when the window opens (or if a key somehow has none). Reply: count, ms left.
+COUNT_FAILURE_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+SIGN_IN_TIMEOUT_S = 1.0  # a sign-in does not wait longer than this for Redis
+
+
 MAX_APPEND_BYTES = 512 * 1024  # per script call: Redis runs it atomically, keep it short
 
 
@@ -123,6 +133,7 @@ class Stream:
         self.group = group
         self.dead_letter = dead_letter
         self._append_sha = client.register_script(APPEND_LUA).sha
+        self._count_failure = client.register_script(COUNT_FAILURE_LUA)
         self._waiting: list[_Append] = []
         self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
         self._append_connection: Any = None
@@ -346,6 +357,33 @@ class Stream:
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         return len(entries)
+
+    # -- failed dashboard sign-ins, per client address, shared by every API process --------------
+
+    def _failures_key(self, address: str) -> str:
+        return f"{self.name}:sign-in-failures:{address}"  # beside the stream: previews sharing a Redis apart
+
+    async def count_sign_in_failure(self, address: str, window_ms: int) -> tuple[int, int]:
+        """Count one failure of `address`; (failures in its window, ms until the window ends)."""
+        try:
+            reply = await asyncio.wait_for(
+                self._count_failure(keys=[self._failures_key(address)], args=[window_ms]), SIGN_IN_TIMEOUT_S
+            )
+        except (RedisError, OSError, TimeoutError) as error:
+            raise StreamUnavailable(str(error)) from error
+        return int(reply[0]), int(reply[1])
+
+    async def sign_in_failures(self, address: str) -> tuple[int, int]:
+        """(failures of `address` in its current window, ms until it ends); (0, 0) with none."""
+        key = self._failures_key(address)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                count, left = await asyncio.wait_for(pipe.execute(), SIGN_IN_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as error:
+            raise StreamUnavailable(str(error)) from error
+        return (int(count), int(left)) if count is not None and int(left) > 0 else (0, 0)
 
     async def backlog(self) -> Backlog:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from . import metrics
+from .alerts import percent_used
 from .config import Settings
 from .delivery import Courier
 from .events import MAX_BATCH
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 SMALL_BATCH = 50
 MAX_READ = 64
 SMALL_BATCH_WAIT_S = 0.05
+# flagmeter_tenant_quota_used_ratio is read afresh from PostgreSQL: at most this often while batches are
+# counted, and at least this often anyway, so a quota or billing-day change and a new period show too.
+QUOTA_RATIO_MIN_S = 1.0
+QUOTA_RATIO_MAX_S = 30.0
 
 AfterCommit = Callable[[BatchResult], Awaitable[None]]
 
@@ -45,6 +50,8 @@ class Worker:
         self.concurrency = concurrency
         self.after_commit = list(after_commit)
         self._stopping = asyncio.Event()
+        self._counted = asyncio.Event()  # a batch committed since the quota ratios were last read
+        self._ratio_tenants: set[str] = set()
         self.courier = Courier(settings, store)  # alert outbox delivery (issue 3)
 
     def stop(self) -> None:
@@ -64,12 +71,14 @@ class Worker:
     async def run(self) -> None:
         await self.start()
         housekeeping = asyncio.create_task(self._housekeeping())
+        ratios = asyncio.create_task(self._quota_ratios())
         # Its own task: a slow webhook never holds up counting.
         delivering = asyncio.create_task(self.courier.run(self._stopping))
         try:
             await asyncio.gather(*(self._consume(consumer_name()) for _ in range(self.concurrency)))
         finally:
             housekeeping.cancel()
+            ratios.cancel()
             await asyncio.wait([delivering], timeout=self.courier.config.timeout_s + 2)
             delivering.cancel()
         log.info("worker stopped")
@@ -183,6 +192,7 @@ class Worker:
             log.info("quota alert decided", extra={"tenant": alert.tenant_id, "threshold": alert.threshold})
         if result.alerts:
             self.courier.wake()
+        self._counted.set()
         for hook in self.after_commit:
             try:
                 await hook(result)
@@ -208,6 +218,33 @@ class Worker:
             except Exception as error:
                 log.warning("housekeeping failed", extra={"error": repr(error)})
             await asyncio.sleep(2.0)
+
+    async def _quota_ratios(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._counted.wait(), QUOTA_RATIO_MAX_S)
+            except TimeoutError:
+                pass
+            self._counted.clear()
+            try:
+                await self.publish_quota_ratios()
+            except Exception as error:
+                log.warning("could not read quota ratios", extra={"error": repr(error)})
+            await asyncio.sleep(QUOTA_RATIO_MIN_S)
+
+    async def publish_quota_ratios(self) -> None:
+        """Set every tenant's used / quota in its current period, from one snapshot of PostgreSQL.
+
+        Not from the batch: the ratio also moves when nothing is counted (a quota or billing-day change,
+        a new period), and every worker sets the same value for a tenant, whichever counted its events.
+        """
+        usage = await self.store.current_usage(self.settings.clock.now())
+        for tenant_id, current in usage.items():
+            ratio = percent_used(current.used, current.tenant.monthly_quota) / 100
+            metrics.tenant_quota_used_ratio.labels(tenant_id).set(ratio)
+        for gone in self._ratio_tenants - set(usage):
+            metrics.tenant_quota_used_ratio.remove(gone)
+        self._ratio_tenants = set(usage)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep with jitter, waking early on stop."""

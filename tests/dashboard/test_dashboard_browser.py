@@ -153,3 +153,59 @@ def test_the_tenant_page_draws_the_period_chart(demo: LocalEnv, browser: Any) ->
     assert page.locator("svg.chart").bounding_box()["width"] > 600
     page.screenshot(path=str(ARTIFACT.with_name("tenant.png")), full_page=True)
     page.close()
+
+
+def test_the_tenant_page_follows_new_events_without_a_reload(demo: LocalEnv, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    tenant = demo.create_tenant(quota=1_000)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.set_extra_http_headers({"Authorization": f"Bearer {demo.stack.admin_token}"})
+    page.goto(f"{demo.api_url}/tenants/{tenant}")
+    expect(page.locator("#used")).to_have_text("0")
+    expect(page.locator("#alerts tr.none")).to_have_count(1)
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    demo.post(tenant, 600, feature="chat")
+    expect(page.locator("#used")).to_have_text("600", timeout=10_000)
+    expect(page.locator("#percent")).to_have_text("60 %")
+    demo.post(tenant, 5_000_000, feature="embed")  # far over quota
+    expect(page.locator("#percent")).to_have_text("500,060 %", timeout=10_000)
+    expect(page.locator("#features tr")).to_have_count(2)
+    expect(page.locator("#alerts tr")).to_have_count(2, timeout=10_000)  # 80 % and 100 %
+    assert page.evaluate("window.__sameDocument") is True
+    assert "level-red" in (page.locator("#percent").get_attribute("class") or "")
+
+    first = page.locator("#alerts time").first
+    assert first.get_attribute("title") == first.get_attribute("datetime")
+    assert first.inner_text().endswith(" UTC") and "." not in first.inner_text()
+    labels = page.locator("svg.chart g.ticks text").all_text_contents()
+    assert len(labels) >= 3 and labels[0] == "0" and all("e+" not in label for label in labels), labels
+    boxes = [box for box in (t.bounding_box() for t in page.locator("svg.chart g.ticks text").all()) if box]
+    assert len({round(box["y"]) for box in boxes}) == len(boxes), "labels stacked on each other"
+
+    _screenshot_at(page, 1400, "tenant-1400.png")
+    _screenshot_at(page, 390, "tenant-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    label = page.locator("svg.chart g.ticks text").first.bounding_box()
+    assert label and label["height"] >= 9, f"axis labels unreadably small at 390 px: {label}"
+    assert errors == []
+    page.close()
+
+
+def _screenshot_at(page: Any, width: int, name: str) -> None:
+    page.set_viewport_size({"width": width, "height": 900})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACT.with_name(name)), full_page=True)
+
+
+def test_an_unknown_tenant_page_links_home(demo: LocalEnv, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 700})
+    page.set_extra_http_headers({"Authorization": f"Bearer {demo.stack.admin_token}"})
+    page.goto(f"{demo.api_url}/tenants/no-such-tenant")
+    page.click("main a[href='/']")
+    page.wait_for_url(f"{demo.api_url}/")
+    assert page.locator("li.tenant").count() >= 3
+    page.close()

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-import time
 import urllib.parse
 import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from local_env import wait_until
 
 from flagmeter.api.auth import FailureThrottle, client_address
+from flagmeter.api.dashboard import axis_ticks, compact, human_time, percent_label, usage_chart
 from flagmeter.config import ConfigError, Settings
+from flagmeter.localstack import free_port
+from flagmeter.periods import Period
 
-ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json"]
+ADMIN_ONLY = ["/", "/tenants/acme", "/dashboard/usage.json", "/dashboard/tenants/acme/usage.json"]
+
+
+def _own_counts() -> dict[str, str]:
+    """API settings whose sign-in failure counts (kept in Redis beside the stream) no other test shares."""
+    return {"FLAGMETER_STREAM": f"test-sign-ins-{uuid.uuid4().hex[:8]}"}
 
 
 def _get(
@@ -53,14 +63,55 @@ def test_without_credentials_only_the_login_page_is_served(stack: Any, path: str
     status, body, _ = _get(stack, path, token=None)
     assert status == 401
     assert tenant not in body and 'class="tenant"' not in body
-    if path != "/dashboard/usage.json":
+    if not path.endswith(".json"):
         assert 'action="/login"' in body
 
 
 def test_a_tenant_key_is_not_the_admin(stack: Any) -> None:
-    _, key = stack.create_tenant()
+    tenant, key = stack.create_tenant()
     status, body, _ = _get(stack, "/", token=key)
     assert status == 401 and 'action="/login"' in body
+    status, body, _ = _get(stack, f"/dashboard/tenants/{tenant}/usage.json", token=key)
+    assert status == 401 and tenant not in body
+
+
+@pytest.mark.parametrize(
+    ("percent", "label"),
+    [(5000010.0, "5,000,010 %"), (85.0, "85 %"), (12.5, "12.5 %"), (0.07, "0.07 %"), (0.0, "0 %")],
+)
+def test_percentages_read_as_grouped_numbers_never_exponents(percent: float, label: str) -> None:
+    assert percent_label(percent) == label
+
+
+def test_the_y_axis_has_round_labelled_steps_even_far_over_quota() -> None:
+    start = datetime(2026, 5, 15, tzinfo=UTC)
+    period = Period(start, datetime(2026, 6, 15, tzinfo=UTC))
+    chart = usage_chart(period, [(start, 50_000_000)], 1_000, start + timedelta(days=3))
+    assert [label for _, label in chart.ticks] == ["0", "20M", "40M"]
+    ys = [y for y, _ in chart.ticks]
+    assert ys == sorted(ys, reverse=True) and ys[0] - ys[-1] > 100  # spread over the plot, not stacked
+    assert chart.quota_label == "quota 1,000"
+    assert axis_ticks(110) == [0, 50, 100] and compact(2_500_000) == "2.5M" and compact(750) == "750"
+
+
+def test_times_read_as_people_read_them() -> None:
+    assert human_time(datetime(2026, 5, 3, 14, 2, 11, 123456, tzinfo=UTC)) == "3 May 2026, 14:02 UTC"
+
+
+def test_the_tenant_page_json_follows_new_events(stack: Any) -> None:
+    tenant, _ = stack.create_tenant(quota=1000)
+    path = f"/dashboard/tenants/{tenant}/usage.json"
+    status, body, headers = stack.request("GET", path)
+    assert status == 200 and body["tenant"]["used"] == 0 and headers["Cache-Control"] == "no-store"
+    stack.request("POST", "/v1/events", {"tenant": tenant, "feature": "chat", "tokens": 50_000_000})
+    stack.wait_used(tenant, 50_000_000)
+    wait_until(lambda: len(stack.request("GET", path)[1]["alerts"]) == 2, 10, "two alerts")
+    body = stack.request("GET", path)[1]
+    assert body["tenant"]["percent_label"] == "5,000,000 %" and body["tenant"]["level"] == "level-red"
+    assert len(body["chart"]["ticks"]) >= 3
+    alert = body["alerts"][0]
+    assert alert["created_label"].endswith(" UTC") and "." not in alert["created_label"]
+    assert stack.request("GET", "/dashboard/tenants/no-such-tenant/usage.json")[0] == 404
 
 
 def test_login_sets_a_signed_httponly_strict_cookie_not_the_token(stack: Any) -> None:
@@ -81,7 +132,7 @@ def test_a_wrong_token_is_refused_with_the_login_page(stack: Any) -> None:
 
 
 def test_failed_sign_ins_are_throttled_per_address_even_for_the_right_token(stack: Any) -> None:
-    api, url = stack.start_api(processes=1, FLAGMETER_LOGIN_ATTEMPTS="3")
+    api, url = stack.start_api(processes=1, FLAGMETER_LOGIN_ATTEMPTS="3", **_own_counts())
     try:
         assert _login(stack, stack.admin_token, base=url)[0] == 303  # successes are not counted
         for _ in range(3):
@@ -108,7 +159,7 @@ def _sign_ins(url: str) -> dict[str, float]:
 
 def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) -> None:
     api, url = stack.start_api(
-        processes=1, FLAGMETER_LOGIN_ATTEMPTS="2", FLAGMETER_TRUSTED_PROXIES="127.0.0.1"
+        processes=1, FLAGMETER_LOGIN_ATTEMPTS="2", FLAGMETER_TRUSTED_PROXIES="127.0.0.1", **_own_counts()
     )
     try:
         for _ in range(2):
@@ -118,6 +169,34 @@ def test_behind_a_trusted_proxy_each_client_is_throttled_on_its_own(stack: Any) 
         # address in front of its own is still known by the address the proxy appended.
         assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2")[0] == 303
         assert _login(stack, stack.admin_token, base=url, forwarded_for="203.0.113.2, 203.0.113.1")[0] == 429
+    finally:
+        api.stop()
+
+
+def test_the_sign_in_limit_is_one_count_across_api_processes(stack: Any) -> None:
+    """Two API servers (one process each, as two replicas would be) share an address's failures."""
+    settings = {"FLAGMETER_LOGIN_ATTEMPTS": "3", **_own_counts()}
+    (first, one), (second, two) = (stack.start_api(processes=1, **settings) for _ in range(2))
+    try:
+        for url in (one, two, one):
+            assert _login(stack, "not-the-admin-token", base=url)[0] == 401
+        for url in (two, one):
+            status, headers = _login(stack, stack.admin_token, base=url)
+            assert status == 429 and 1 <= int(headers["Retry-After"]) <= 300
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_while_redis_is_down_each_process_throttles_sign_ins_on_its_own(stack: Any) -> None:
+    """The dashboard stays reachable in a Redis outage, and guessing is still limited (per process)."""
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    api, url = stack.start_api(processes=1, REDIS_URL=dead_redis, FLAGMETER_LOGIN_ATTEMPTS="2")
+    try:
+        assert _login(stack, stack.admin_token, base=url)[0] == 303
+        for _ in range(2):
+            assert _login(stack, "not-the-admin-token", base=url)[0] == 401
+        assert _login(stack, stack.admin_token, base=url)[0] == 429
     finally:
         api.stop()
 
@@ -155,15 +234,19 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
 
 
 def test_the_throttle_forgets_an_address_when_its_window_ends() -> None:
-    throttle = FailureThrottle(allowed=2, window_s=0.3)
-    throttle.failed("192.0.2.1")
-    assert throttle.retry_after("192.0.2.1") == 0
-    throttle.failed("192.0.2.1")
-    assert throttle.retry_after("192.0.2.1") == 1 and throttle.retry_after("192.0.2.2") == 0
-    time.sleep(0.35)
-    assert throttle.retry_after("192.0.2.1") == 0
-    throttle.failed("192.0.2.1")  # a new window: one failure so far
-    assert throttle.retry_after("192.0.2.1") == 0
+    asyncio.run(_forgets_an_address_when_its_window_ends())
+
+
+async def _forgets_an_address_when_its_window_ends() -> None:
+    throttle = FailureThrottle(allowed=2, window_s=0.3)  # no Redis: the per-process fallback
+    await throttle.failed("192.0.2.1")
+    assert await throttle.retry_after("192.0.2.1") == 0
+    await throttle.failed("192.0.2.1")
+    assert await throttle.retry_after("192.0.2.1") == 1 and await throttle.retry_after("192.0.2.2") == 0
+    await asyncio.sleep(0.35)
+    assert await throttle.retry_after("192.0.2.1") == 0
+    await throttle.failed("192.0.2.1")  # a new window: one failure so far
+    assert await throttle.retry_after("192.0.2.1") == 0
 
 
 @pytest.mark.parametrize("path", ["/", "/login-page-when-anonymous"])
@@ -239,7 +322,9 @@ def test_the_tenant_page_charts_the_period_and_lists_alerts(stack: Any) -> None:
     assert status == 200
     assert '<svg class="chart"' in body and "<polyline" in body and "90 of 100" in body
     assert "<td>80 %</td>" in body and "no target configured" in body
-    assert _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)[0] == 404
+    assert 'title="20' in body and "<time" in body  # a readable time, the exact one on hover
+    status, body, _ = _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)
+    assert status == 404 and '<a href="/">' in body
 
 
 def test_static_assets_are_served_with_their_types(stack: Any) -> None:

@@ -147,29 +147,76 @@ def test_counters_alerts_watch_exist_at_zero_before_their_first_event(stack: Any
             assert key in samples[role], f"{role} /metrics has no {key}"
 
 
-def test_every_flagmeter_metric_used_is_exported_by_the_running_api_or_worker(stack: Any) -> None:
-    """Scrape the real API (several processes, multiprocess mode) and worker after real traffic."""
+def sampled_names(text: str) -> set[str]:
+    """Every sample name a /metrics page holds a value for (a family declared without one does not count)."""
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_sample_reader_ignores_declared_families_without_a_sample() -> None:
+    text = "# HELP g g\n# TYPE g gauge\n# HELP c_total c\n# TYPE c_total counter\nc_total 1.0\n"
+    assert sampled_names(text) == {"c_total"}
+
+
+def test_every_flagmeter_metric_used_has_a_sample_after_a_short_real_run(stack: Any) -> None:
+    """Scrape the real API (several processes, multiprocess mode) and worker after events, a rejection
+    and a crossed threshold: every flagmeter name a dashboard or rule queries has a sample, not just a
+    HELP line (a panel on a declared but never set family stays empty)."""
     api, token = stack.api_url.rstrip("/"), stack.admin_token
     tenant = f"obs-{uuid.uuid4().hex[:10]}"
     status, body = _post(
         f"{api}/v1/tenants", {"id": tenant, "name": "Observability", "monthly_quota": 100}, token
     )
     assert status == 201, body
-    # One valid event (counted, and 90 % of the quota, so per-tenant series appear) and one invalid one.
+    # One valid event (counted, and 90 % of the quota: the 80 % threshold is crossed) and one invalid one.
     events = [
         {"tenant": tenant, "feature": "chat", "tokens": 90},
         {"tenant": tenant, "feature": "chat", "tokens": -1},
     ]
     status, body = _post(f"{api}/v1/events", events, token)
     assert status == 202 and body["accepted"] == 1, body
-    worker = _wait_for(_metrics_url(stack.worker_metrics_url), lambda text: f'tenant="{tenant}"' in text)
-    exported = exposed_names(scrape(_metrics_url(api))) | exposed_names(worker)
-    missing = {
-        name: where
-        for name, where in used_metric_names().items()
-        if name.startswith("flagmeter_") and name not in exported
-    }
-    assert missing == {}, "used in rules/dashboards but exported by neither the API nor the worker"
+    used = {name: where for name, where in used_metric_names().items() if name.startswith("flagmeter_")}
+    api_page = scrape(_metrics_url(api))
+    worker = _wait_for(
+        _metrics_url(stack.worker_metrics_url),
+        lambda text: (
+            set(used) <= sampled_names(api_page) | sampled_names(text)
+            and f'flagmeter_tenant_quota_used_ratio{{tenant="{tenant}"}} 0.9' in text
+        ),
+    )
+    sampled = sampled_names(api_page) | sampled_names(worker)
+    missing = {name: where for name, where in used.items() if name not in sampled}
+    assert missing == {}, "queried by rules/dashboards, but no sample on the API's or worker's /metrics"
+    assert f'flagmeter_tenant_quota_used_ratio{{tenant="{tenant}"}} 0.9' in worker
+
+
+def test_the_quota_ratio_follows_a_quota_change_without_new_events_of_that_tenant(stack: Any) -> None:
+    """The worker reads the ratio from PostgreSQL, not from its batches: a halved ratio after the quota
+    doubles shows once the worker next reads (here woken by another tenant's batch)."""
+    api, token = stack.api_url.rstrip("/"), stack.admin_token
+    tenant, other = (f"obs-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for tid in (tenant, other):
+        status, body = _post(f"{api}/v1/tenants", {"id": tid, "name": tid, "monthly_quota": 100}, token)
+        assert status == 201, body
+    assert _post(f"{api}/v1/events", {"tenant": tenant, "feature": "chat", "tokens": 50}, token)[0] == 202
+    worker = _metrics_url(stack.worker_metrics_url)
+    sample = f'flagmeter_tenant_quota_used_ratio{{tenant="{tenant}"}}'
+    assert f"{sample} 0.5" in _wait_for(worker, lambda text: f"{sample} 0.5" in text)
+    stack.request("PATCH", f"/v1/tenants/{tenant}", {"monthly_quota": 200})
+    assert _post(f"{api}/v1/events", {"tenant": other, "feature": "chat", "tokens": 1}, token)[0] == 202
+    assert f"{sample} 0.25" in _wait_for(worker, lambda text: f"{sample} 0.25" in text)
+
+
+@pytest.mark.promtool
+def test_promtool_finds_nothing_to_complain_about_in_the_api_and_worker_metrics(
+    stack: Any, promtool: str
+) -> None:
+    """`promtool check metrics` on each real /metrics page (the API in multiprocess mode) says nothing."""
+    for role, url in (("api", stack.api_url), ("worker", stack.worker_metrics_url)):
+        page = scrape(_metrics_url(url))
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stdout + result.stderr) == (0, ""), f"{role} /metrics"
 
 
 def test_the_api_and_the_worker_each_export_only_their_own_families(stack: Any) -> None:

@@ -25,7 +25,6 @@ def create_app(settings: Settings) -> web.Application:
     app["metrics_role"] = "api"  # which families /metrics shows (metrics.EXPOSED)
     # Per process, each ~1 MiB of body and ~1 MiB of objects at most: memory stays flat under overload.
     app["large_bodies"] = asyncio.Semaphore(settings.large_batches_in_flight)
-    app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S)
     app.cleanup_ctx.append(_resources)
     app.router.add_routes(
         [
@@ -52,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
             web.post("/logout", dashboard.logout),
             web.get("/tenants/{tenant}", dashboard.tenant_page),
             web.get("/dashboard/usage.json", dashboard.usage_json),
+            web.get("/dashboard/tenants/{tenant}/usage.json", dashboard.tenant_json),
             web.get("/static/{name}", dashboard.static),
         ]
     )
@@ -65,6 +65,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app["store"] = store
     app["stream"] = stream
     app["directory"] = Directory(store, settings.admin_token)
+    app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S, stream)
     sampler = asyncio.create_task(metrics.sample_process_forever("api"))
     yield
     sampler.cancel()

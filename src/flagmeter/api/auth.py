@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import logs
 from ..config import Network
 from ..store import Store, StoreUnavailable, Tenant
+from ..stream import Stream, StreamUnavailable
 from .errors import ApiError
 
 KEY_PREFIX = "fm_"
@@ -186,24 +187,55 @@ def _within(text: str, networks: tuple[Network, ...]) -> bool:
 class FailureThrottle:
     """Counts failed sign-ins per client address in a fixed window; past `allowed`, refuse them all.
 
-    Per process, in memory: it needs no Redis (the dashboard must stay reachable in a Redis outage),
-    so with N API processes an address gets up to N x `allowed` guesses per window.
+    The count lives in Redis (`Stream.count_sign_in_failure`), so it is one count for every API process
+    and replica. While Redis is unreachable each process counts in its own memory instead: sign-in keeps
+    working in a Redis outage (the operator needs the dashboard then), and an address gets at most
+    N x `allowed` guesses per window from N processes until Redis is back.
     """
 
-    def __init__(self, allowed: int, window_s: float, limit: int = 100_000) -> None:
+    def __init__(self, allowed: int, window_s: float, stream: Stream | None = None) -> None:
         self.allowed = allowed
+        self.window_s = window_s
+        self.stream = stream
+        self.local = LocalFailureCount(window_s)
+
+    async def retry_after(self, address: str) -> int:
+        """Seconds until `address` may try again; 0 when it may try now."""
+        try:
+            if self.stream is None:
+                raise StreamUnavailable("no Redis")
+            count, left_ms = await self.stream.sign_in_failures(address)
+            left = left_ms / 1000
+        except StreamUnavailable:
+            count, left = self.local.get(address)
+        return max(1, math.ceil(left)) if count >= self.allowed and left > 0 else 0
+
+    async def failed(self, address: str) -> bool:
+        """Count one failure; True when it is the one that closes the door on `address`."""
+        try:
+            if self.stream is None:
+                raise StreamUnavailable("no Redis")
+            count, _ = await self.stream.count_sign_in_failure(address, int(self.window_s * 1000))
+        except StreamUnavailable:
+            count = self.local.add(address)
+        return count == self.allowed
+
+
+class LocalFailureCount:
+    """Failures per address in fixed windows, in this process's memory (FailureThrottle's fallback)."""
+
+    def __init__(self, window_s: float, limit: int = 100_000) -> None:
         self.window_s = window_s
         self.limit = limit
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, window end)
 
-    def retry_after(self, address: str) -> int:
-        """Seconds until `address` may try again; 0 when it may try now."""
+    def get(self, address: str) -> tuple[int, float]:
+        """(failures in the current window, seconds until it ends)."""
         count, ends = self._failures.get(address, (0, 0.0))
         left = ends - time.monotonic()
-        return max(1, math.ceil(left)) if count >= self.allowed and left > 0 else 0
+        return (count, left) if left > 0 else (0, 0.0)
 
-    def failed(self, address: str) -> bool:
-        """Count one failure; True when it is the one that closes the door on `address`."""
+    def add(self, address: str) -> int:
         now = time.monotonic()
         count, ends = self._failures.get(address, (0, 0.0))
         if ends <= now:
@@ -211,7 +243,7 @@ class FailureThrottle:
                 self._failures = {a: f for a, f in self._failures.items() if f[1] > now}
             count, ends = 0, now + self.window_s
         self._failures[address] = (count + 1, ends)
-        return count + 1 == self.allowed
+        return count + 1
 
 
 def require_admin(principal: Principal) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -135,7 +136,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     throttle: FailureThrottle = request.app["login_throttle"]
     trusted = request.app["settings"].trusted_proxies
     address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
-    wait = throttle.retry_after(address)
+    wait = await throttle.retry_after(address)
     if wait:
         metrics.dashboard_sign_ins.labels("throttled").inc()
         response = _login_page(f"Too many failed sign-ins; try again in {wait} s.", status=429)
@@ -144,7 +145,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     token = form.get("token")
     if not isinstance(token, str) or not token or not request.app["directory"].is_admin_token(token):
         metrics.dashboard_sign_ins.labels("wrong_token").inc()
-        if throttle.failed(address):
+        if await throttle.failed(address):
             log.warning("dashboard sign-in throttled", extra={"address": address})
         return _login_page("That is not the admin token.")
     metrics.dashboard_sign_ins.labels("signed_in").inc()
@@ -208,6 +209,7 @@ class TenantRow:
             "quota": self.tenant.monthly_quota,
             "used": self.used,
             "percent": self.percent,
+            "percent_label": percent_label(self.percent),
             "level": level(self.percent),
             "period_end": rfc3339(self.period.end),
             "last_hour": self.last_hour,
@@ -242,7 +244,7 @@ def _row_html(row: TenantRow | None) -> str:
         id=escape(row.tenant.id),
         name=escape(row.tenant.name),
         level=level(percent),
-        percent_label=f"{percent:g} %",
+        percent_label=percent_label(percent),
         bar_width=f"{min(percent, 100.0):g}",
         used=f"{row.used:,}",
         quota=f"{row.tenant.monthly_quota:,}",
@@ -282,15 +284,103 @@ async def usage_json(request: web.Request) -> web.Response:
 
 # -- one tenant -----------------------------------------------------------------------------
 
-CHART_W, CHART_H, PAD_L, PAD_B, PAD_T = 720, 240, 64, 24, 12
+CHART_W, CHART_H, PAD_L, PAD_B, PAD_T, PAD_R = 720, 240, 72, 30, 12, 8
+UNITS = ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "k"))
 
 
-def usage_chart(period: Period, hourly: list[tuple[datetime, int]], quota: int, now: datetime) -> str:
-    """Cumulative tokens over the period as inline SVG, with the quota as a dashed line."""
+def percent_label(percent: float) -> str:
+    """5000010.0 → '5,000,010 %', 12.5 → '12.5 %': grouped, never an exponent."""
+    return f"{percent:,.2f}".rstrip("0").rstrip(".") + " %"
+
+
+def human_time(moment: datetime) -> str:
+    """A time as people read it: '3 May 2026, 14:02 UTC' (the exact value goes in a title)."""
+    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+
+
+def human_date(moment: datetime) -> str:
+    return f"{moment.day} {moment:%b %Y}"
+
+
+def period_label(period: Period) -> str:
+    return f"{human_date(period.start)} \N{EN DASH} {human_date(period.end)}"
+
+
+def _time_html(moment: datetime) -> str:
+    exact = rfc3339(moment)
+    return f'<time datetime="{exact}" title="{exact}">{human_time(moment)}</time>'
+
+
+def compact(tokens: float) -> str:
+    """An axis label: 2500000 → '2.5M'."""
+    for size, unit in UNITS:
+        if tokens >= size:
+            return f"{tokens / size:g}{unit}"
+    return f"{tokens:g}"
+
+
+def axis_ticks(top: float) -> list[float]:
+    """0 and about four round steps (1, 2, 2.5 or 5 x 10^n tokens) up to `top`."""
+    raw = top / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = max(1.0, next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw))
+    return [i * step for i in range(int(top // step) + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """Cumulative tokens over the period, in the SVG's coordinates: drawn here, updated by dashboard.js."""
+
+    points: str
+    quota_y: float
+    quota_label: str
+    ticks: list[tuple[float, str]]  # (y, label)
+    start_label: str
+    end_label: str
+    aria_label: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "points": self.points,
+            "quota_y": self.quota_y,
+            "quota_label": self.quota_label,
+            "ticks": [{"y": y, "label": label} for y, label in self.ticks],
+            "start_label": self.start_label,
+            "end_label": self.end_label,
+            "aria_label": self.aria_label,
+        }
+
+    def svg(self) -> str:
+        right, bottom = CHART_W - PAD_R, CHART_H - PAD_B
+        ticks = "".join(
+            f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"></line>'
+            f'<text class="label" x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>'
+            for y, label in self.ticks
+        )
+        return (
+            f'<svg class="chart" id="chart" viewBox="0 0 {CHART_W} {CHART_H}" role="img"'
+            f' aria-label="{escape(self.aria_label)}">'
+            f'<g class="ticks">{ticks}</g>'
+            f'<line class="axis" x1="{PAD_L}" y1="{bottom}" x2="{right}" y2="{bottom}"></line>'
+            f'<line class="axis" x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{bottom}"></line>'
+            f'<line class="quota" x1="{PAD_L}" y1="{self.quota_y:.1f}" x2="{right}" y2="{self.quota_y:.1f}">'
+            "</line>"
+            f'<text class="quota-label" x="{right - 4}" y="{self.quota_y - 6:.1f}" text-anchor="end">'
+            f"{escape(self.quota_label)}</text>"
+            f'<polyline class="usage" points="{self.points}"></polyline>'
+            f'<text class="label start" x="{PAD_L}" y="{CHART_H - 6}">{escape(self.start_label)}</text>'
+            f'<text class="label end" x="{right}" y="{CHART_H - 6}" text-anchor="end">'
+            f"{escape(self.end_label)}</text>"
+            "</svg>"
+        )
+
+
+def usage_chart(period: Period, hourly: list[tuple[datetime, int]], quota: int, now: datetime) -> Chart:
+    """Cumulative tokens over the period, with the quota as a dashed line and round y-axis steps."""
     total = sum(tokens for _, tokens in hourly)
     top = max(quota, total, 1) * 1.1
     span = (period.end - period.start).total_seconds()
-    plot_w, plot_h = CHART_W - PAD_L - 8, CHART_H - PAD_T - PAD_B
+    plot_w, plot_h = CHART_W - PAD_L - PAD_R, CHART_H - PAD_T - PAD_B
 
     def x(moment: datetime) -> float:
         return PAD_L + plot_w * min(max((moment - period.start).total_seconds() / span, 0.0), 1.0)
@@ -305,57 +395,104 @@ def usage_chart(period: Period, hourly: list[tuple[datetime, int]], quota: int, 
         running += tokens
         points.append(f"{x(bucket + timedelta(hours=1)):.1f},{y(running):.1f}")
     points.append(f"{x(min(now, period.end)):.1f},{y(running):.1f}")
-    quota_y = y(quota)
-    return (
-        f'<svg class="chart" viewBox="0 0 {CHART_W} {CHART_H}" role="img"'
-        f' aria-label="Cumulative tokens this period: {total:,} of {quota:,}">'
-        f'<line class="axis" x1="{PAD_L}" y1="{y(0):.1f}" x2="{CHART_W - 8}" y2="{y(0):.1f}"></line>'
-        f'<line class="axis" x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{y(0):.1f}"></line>'
-        f'<line class="quota" x1="{PAD_L}" y1="{quota_y:.1f}" x2="{CHART_W - 8}" y2="{quota_y:.1f}"></line>'
-        f'<text class="label" x="{PAD_L - 6}" y="{quota_y + 4:.1f}" text-anchor="end">{quota:,}</text>'
-        f'<text class="label" x="{PAD_L - 6}" y="{y(0) + 4:.1f}" text-anchor="end">0</text>'
-        f'<polyline class="usage" points="{" ".join(points)}"></polyline>'
-        f'<text class="label" x="{PAD_L}" y="{CHART_H - 6}">{period.start:%b %d}</text>'
-        f'<text class="label" x="{CHART_W - 8}" y="{CHART_H - 6}" text-anchor="end">{period.end:%b %d}</text>'
-        "</svg>"
+    return Chart(
+        points=" ".join(points),
+        quota_y=round(y(quota), 1),
+        quota_label=f"quota {quota:,}",
+        ticks=[(round(y(tick), 1), compact(tick)) for tick in axis_ticks(top)],
+        start_label=f"{period.start:%b} {period.start.day}",
+        end_label=f"{period.end:%b} {period.end.day}",
+        aria_label=f"Cumulative tokens this period: {total:,} of {quota:,}",
     )
 
 
-def _alerts_html(history: list[AlertRecord]) -> str:
+def _deliveries(alert: dict[str, Any]) -> str:
+    text = "; ".join(
+        f"{d['target']}: {d['status']} after {d['attempts']} attempt(s)"
+        + (f" ({d['last_error']})" if d["last_error"] else "")
+        for d in alert["deliveries"]
+    )
+    return text or "no target configured"
+
+
+def _alert_rows(history: list[AlertRecord]) -> str:
     if not history:
-        return '<p class="none">No alerts yet.</p>'
-    rows = []
-    for alert in (alert_json(a) for a in history):
-        deliveries = "; ".join(
-            f"{d['target']}: {d['status']} after {d['attempts']} attempt(s)"
-            + (f" ({d['last_error']})" if d["last_error"] else "")
-            for d in alert["deliveries"]
-        )
-        rows.append(
-            f"<tr><td><time>{escape(alert['created_at'])}</time></td><td>{alert['threshold']} %</td>"
-            f"<td>{alert['used']:,} / {alert['quota']:,}</td>"
-            f"<td>{escape(deliveries or 'no target configured')}</td></tr>"
-        )
-    return (
-        '<table class="alerts"><thead><tr><th scope="col">Decided</th><th scope="col">Threshold</th>'
-        '<th scope="col">Used / quota</th><th scope="col">Deliveries</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        return '<tr class="none"><td colspan="4">No alerts yet.</td></tr>'
+    return "".join(
+        f"<tr><td>{_time_html(record.created_at)}</td><td>{record.threshold} %</td>"
+        f"<td>{record.used:,} / {record.quota:,}</td><td>{escape(_deliveries(alert_json(record)))}</td></tr>"
+        for record in history
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """Everything the tenant page shows, read at one moment: rendered once, then polled as JSON."""
+
+    row: TenantRow
+    chart: Chart
+    thresholds: str
+    history: list[AlertRecord]
+    now: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        tenant, period = self.row.tenant, self.row.period
+        return {
+            "as_of": rfc3339(self.now),
+            "as_of_label": f"{self.now:%H:%M:%S} UTC",
+            "tenant": {
+                **self.row.as_json(),
+                "billing_day": tenant.billing_day,
+                "period_start": rfc3339(period.start),
+                "period_label": period_label(period),
+            },
+            "chart": self.chart.as_json(),
+            "thresholds": self.thresholds,
+            "alerts": [
+                {
+                    "created_at": rfc3339(record.created_at),
+                    "created_label": human_time(record.created_at),
+                    "threshold": record.threshold,
+                    "used": record.used,
+                    "quota": record.quota,
+                    "deliveries": _deliveries(alert_json(record)),
+                }
+                for record in self.history
+            ],
+        }
+
+
+async def _tenant_view(request: web.Request) -> TenantView | None:
+    store = request.app["store"]
+    now = request.app["settings"].clock.now()
+    tenant_id = request.match_info["tenant"]
+    current = (await store.current_usage(now, tenant_id)).get(tenant_id)
+    if current is None:
+        return None
+    tenant, period = current.tenant, current.period
+    series = await store.series(tenant.id, period.start, period.end, "hour", None)
+    history = await store.alert_history(tenant.id, 50)
+    settings = (await store.alert_settings([tenant.id])).get(tenant.id)
+    last_hour = (await store.recent_tokens([tenant.id], now - POLL_WINDOW)).get(tenant.id, 0)
+    return TenantView(
+        row=TenantRow(tenant, period, current.by_feature, last_hour),
+        chart=usage_chart(period, [(b, t) for b, t, _ in series], tenant.monthly_quota, now),
+        thresholds=", ".join(map(str, settings.thresholds)) if settings and settings.thresholds else "none",
+        history=history,
+        now=now,
+    )
+
+
+UNKNOWN_TENANT = '<p class="error">No such tenant.</p><p><a href="/">← All tenants</a></p>'
 
 
 async def tenant_page(request: web.Request) -> web.Response:
     if not _is_admin(request):
         return _login_page()
-    store = request.app["store"]
-    now = request.app["settings"].clock.now()
-    current = (await store.current_usage(now, request.match_info["tenant"])).get(request.match_info["tenant"])
-    if current is None:
-        return _page("Unknown tenant", '<p class="error">No such tenant.</p>', signed_in=True, status=404)
-    tenant, period, by_feature = current.tenant, current.period, current.by_feature
-    series = await store.series(tenant.id, period.start, period.end, "hour", None)
-    history = await store.alert_history(tenant.id, 50)
-    settings = (await store.alert_settings([tenant.id])).get(tenant.id)
-    row = TenantRow(tenant, period, by_feature, 0)
+    view = await _tenant_view(request)
+    if view is None:
+        return _page("Unknown tenant", UNKNOWN_TENANT, signed_in=True, status=404)
+    row, tenant = view.row, view.row.tenant
     main = _render(
         "tenant.html",
         name=escape(tenant.name),
@@ -363,13 +500,25 @@ async def tenant_page(request: web.Request) -> web.Response:
         used=f"{row.used:,}",
         quota=f"{tenant.monthly_quota:,}",
         level=level(row.percent),
-        percent_label=f"{row.percent:g} %",
-        period_start=period.start.strftime("%Y-%m-%d"),
-        period_end=period.end.strftime("%Y-%m-%d"),
+        percent_label=percent_label(row.percent),
+        period_label=period_label(row.period),
         billing_day=tenant.billing_day,
-        chart=usage_chart(period, [(b, t) for b, t, _ in series], tenant.monthly_quota, now),
+        last_hour=f"{row.last_hour:,}",
+        chart=view.chart.svg(),
         features=_feature_rows(row.features()),
-        thresholds=escape(", ".join(str(t) for t in settings.thresholds) if settings else "none"),
-        alerts=_alerts_html(history),
+        thresholds=escape(view.thresholds),
+        alerts=_alert_rows(view.history),
+        as_of=rfc3339(view.now),
+        as_of_label=f"{view.now:%H:%M:%S} UTC",
     )
     return _page(tenant.name, main, signed_in=True)
+
+
+async def tenant_json(request: web.Request) -> web.Response:
+    """What dashboard.js polls on a tenant's page: authenticated like the page."""
+    if not _is_admin(request):
+        raise ApiError(401, "unauthorized", "sign in at / first")
+    view = await _tenant_view(request)
+    if view is None:
+        raise ApiError(404, "not_found", "no such tenant")
+    return json_response(view.as_json(), headers={"Cache-Control": "no-store"})
