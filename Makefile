@@ -10,7 +10,7 @@ help:
 	@echo "make run       start PostgreSQL, Redis (under .run/), the API and the worker; print keys"
 	@echo "make test      run every test (real PostgreSQL, Redis, Docker, Chromium, promtool, k6, Molecule)"
 	@echo "make test-fast the quick suites only (no docker, molecule, browser or slow tests)"
-	@echo "make lint      ruff, mypy, yamllint, ansible-lint"
+	@echo "make lint      ruff, ruff format, mypy --strict, yamllint, ansible-lint, the playbook syntax check"
 	@echo "make loadtest  k6 against a local stack or BASE_URL"
 	@echo "make bench     the benchmark harness (results under bench/results/)"
 	@echo "make image     build the flagmeter:local container image"
@@ -29,17 +29,20 @@ run:
 	@$(MAKE) --no-print-directory $(BIN)/flagmeter
 	$(BIN)/flagmeter dev
 
+# The linters run first (make lint), then every other test.
+LINT_TESTS := tests/test_lint.py tests/ansible/test_ansible_lint.py
+
 test:
 	@.ci/system-deps.sh test
 	@$(MAKE) --no-print-directory $(BIN)/flagmeter
-	$(BIN)/pytest -ra --durations=20 $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -ra --durations=20 $(addprefix --ignore=,$(LINT_TESTS)) $(PYTEST_ARGS)
 
 test-fast: $(BIN)/flagmeter
 	$(BIN)/pytest -ra -m "not docker and not molecule and not browser and not slow" $(PYTEST_ARGS)
 
 lint: $(BIN)/flagmeter
-	$(BIN)/ruff check src tests bench loadtest
-	$(BIN)/mypy src
+	$(BIN)/pytest -q $(LINT_TESTS)
 
 loadtest: $(BIN)/flagmeter
 	$(BIN)/python loadtest/run.py

@@ -320,11 +320,6 @@ class Store:
         )
         return str(rows[0][0]) if rows else None
 
-    async def tenant_ids(self) -> set[str]:
-        return {row[0] for row in await self._all("SELECT id FROM tenants")}
-
-    # -- usage --------------------------------------------------------------------------
-
     async def current_usage(self, now: datetime, tenant_id: str | None = None) -> dict[str, CurrentUsage]:
         """Each tenant (or the one named) with its totals in the period holding `now`.
 
@@ -368,14 +363,6 @@ class Store:
             params.append(feature)
         rows = await self._all(sql + " GROUP BY bucket ORDER BY bucket", params)
         return [(bucket, int(tokens), int(events)) for bucket, tokens, events in rows]
-
-    async def tokens_since(self, since: datetime) -> dict[str, int]:
-        rows = await self._all(
-            "SELECT tenant_id, sum(tokens) FROM rollups WHERE minute >= %s GROUP BY tenant_id", (since,)
-        )
-        return {tenant: int(tokens) for tenant, tokens in rows}
-
-    # -- the worker's batch -------------------------------------------------------------
 
     async def write_batch(
         self, events: Sequence[Event], *, now: datetime, slack_fallback: bool = False
@@ -486,10 +473,6 @@ class Store:
                 return False
             await _apply_alert_settings(cur, tenant_id, change)
         return True
-
-    async def webhook_secret(self, tenant_id: str) -> str | None:
-        rows = await self._all("SELECT secret FROM alert_webhooks WHERE tenant_id = %s", (tenant_id,))
-        return str(rows[0][0]) if rows else None
 
     async def lease_deliveries(self, limit: int, lease_s: float) -> list[DeliveryJob]:
         """Take up to `limit` due outbox rows for `lease_s` seconds (other workers skip them)."""

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from . import metrics
 from .alerts import percent_used
 from .config import Settings
 from .delivery import Courier
 from .events import MAX_BATCH
-from .store import BatchResult, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ SMALL_BATCH_WAIT_S = 0.05
 QUOTA_RATIO_MIN_S = 1.0
 QUOTA_RATIO_MAX_S = 30.0
 
-AfterCommit = Callable[[BatchResult], Awaitable[None]]
-
 
 class Worker:
     def __init__(
@@ -42,13 +40,11 @@ class Worker:
         stream: Stream,
         *,
         concurrency: int = 2,
-        after_commit: Sequence[AfterCommit] = (),
     ) -> None:
         self.settings = settings
         self.store = store
         self.stream = stream
         self.concurrency = concurrency
-        self.after_commit = list(after_commit)
         self._stopping = asyncio.Event()
         self._counted = asyncio.Event()  # a batch committed since the quota ratios were last read
         self._ratio_tenants: set[str] = set()
@@ -193,11 +189,6 @@ class Worker:
         if result.alerts:
             self.courier.wake()
         self._counted.set()
-        for hook in self.after_commit:
-            try:
-                await hook(result)
-            except Exception:
-                log.exception("after-commit hook failed")
 
     async def _housekeeping(self) -> None:
         last_partitions = time.monotonic()
