@@ -344,3 +344,55 @@ def test_check_follows_a_billing_day_change(env: LocalEnv) -> None:
         "the new period",
     )
     assert _check(env, tenant)["used"] == _counted(env, tenant)
+
+
+def _reservation_counts(env: LocalEnv) -> dict[str, float]:
+    text = env.stack.request("GET", "/metrics", token=None, base=env.api_url)[1]
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("flagmeter_reservations_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('outcome="')[1].split('"')[0]] = float(value)
+    return counts
+
+
+def test_reservation_outcomes_are_counted_in_prometheus_from_zero(env: LocalEnv) -> None:
+    before = _reservation_counts(env)
+    assert set(before) == {"granted", "refused", "settled", "released", "expired"}
+    tenant, key = _tenant(env, quota=100)
+    for ident in ("a", "b", "c"):
+        env.request("POST", "/v1/reservations", {"tokens": 30, "id": ident, "ttl_seconds": 1}, token=key)
+    _reserve(env, key, 50)  # refused: 10 remain
+    _post(env, key, _event(5, reservation="a"))
+    env.request("DELETE", "/v1/reservations/b", token=key)
+    wait_until(lambda: _check(env, tenant)["reserved"] == 0, 5, "c to expire")
+    after = _reservation_counts(env)
+    assert {k: after[k] - before[k] for k in after} == {
+        "granted": 3,
+        "refused": 1,
+        "settled": 1,
+        "released": 1,
+        "expired": 1,
+    }
+
+
+def test_holds_and_uncounted_tokens_survive_a_redis_restart(env: LocalEnv) -> None:
+    tenant, key = _tenant(env, quota=10_000)
+    worker = env.worker  # type: ignore[attr-defined]
+    worker.popen.send_signal(signal.SIGSTOP)
+    try:
+        _post(env, key, _event(700))
+        _reserve(env, key, 2000, id="through-restart")
+        servers = env.stack.servers
+        servers.stop_redis()  # a clean shutdown: the AOF holds everything acknowledged
+        servers.start_redis()
+
+        def figures() -> tuple[int, int] | None:
+            status, body, _ = env.request("GET", f"/v1/usage/{tenant}/check")
+            return (body["used"], body["reserved"]) if status == 200 else None
+
+        wait_until(lambda: figures() is not None, 20, "the API to reach Redis again")
+        assert figures() == (700, 2000)
+    finally:
+        worker.popen.send_signal(signal.SIGCONT)
+    _caught_up(env, tenant, 700)
