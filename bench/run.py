@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --quick         # 5-second steps, to check the harness itself
     .venv/bin/python bench/run.py --profile mix-500,batch-20    # also py-spy those steps
     .venv/bin/python bench/run.py --only warm-up,mix-500 --profile mix-500    # just those steps
+    .venv/bin/python bench/run.py --only quota-1000 --step-seconds 10         # quota check + reserve only
 
 For each step it reports offered and achieved rate, p50/p95/p99 latency, error rate, events per second
 durably counted (accepted events over the step plus the time the worker needed to count them all, checked
@@ -57,6 +58,8 @@ DRAIN_TIMEOUT_S = 30  # a step whose events are not all counted by then saturate
 # Issue 6's targets on this 2-core machine; reported against, never asserted.
 TARGET_MIX_RPS, TARGET_MIX_P99_MS, TARGET_ERROR_RATE = 3000, 50.0, 0.001
 TARGET_BATCH_EPS, TARGET_LAG_P99_MS, TARGET_RSS_MB = 50_000, 2000.0, 150.0
+# Issue 12: quota checks and reservations, p99 <= 5 ms at 1,000 requests/s (half each).
+QUOTA_STEP, QUOTA_RATE, TARGET_QUOTA_P99_MS = "quota-1000", 1000, 5.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,29 @@ def measure_floor(seconds: int, rate: int) -> dict[str, Any]:
         "k6_cpu_us_per_request": _round(1e6 * k6_cpu_s / requests),
         "machine_cpu_s": _round(sampler.machine_busy_s, 2),
     }
+
+
+def measure_quota(stack: Any, seconds: int, rate: int, summary_dir: Path) -> dict[str, Any]:
+    """bench/quota.js against the stack: p99 of check and of POST /v1/reservations, each on its own."""
+    tenant = f"bench-quota-{os.urandom(4).hex()}"
+    key = create_tenant(stack.api_url, stack.admin_token, tenant)
+    settings = {
+        "BASE_URL": stack.api_url, "KEY": key, "TENANT": tenant, "RATE": str(rate), "DURATION": f"{seconds}s",
+    }  # fmt: skip
+    k6, _ = k6_with_cpu(ROOT / "bench" / "quota.js", settings, summary_dir, seconds)
+    summary = json.loads(k6.summary_path.read_text())
+    result: dict[str, Any] = {"step": QUOTA_STEP, "offered_rps": rate, "seconds": seconds}
+    for name in ("check", "reserve"):
+        latency = _values(summary, f"http_req_duration{{name:{name}}}")
+        result[f"{name}_latency_ms"] = {
+            k: _round(latency.get(s), 2) for k, s in (("p50", "med"), ("p95", "p(95)"), ("p99", "p(99)"))
+        }
+    result["achieved_rps"] = _round(_values(summary, "iterations").get("count", 0) / seconds)
+    result["error_rate"] = _round(_values(summary, "http_req_failed").get("rate", 0.0), 5)
+    result["dropped_iterations"] = int(_values(summary, "dropped_iterations").get("count", 0))
+    p99s = [result[f"{n}_latency_ms"]["p99"] for n in ("check", "reserve")]
+    result["p99_within_target"] = all(p is not None and p <= TARGET_QUOTA_P99_MS for p in p99s)
+    return result
 
 
 def _values(summary: dict[str, Any], name: str) -> dict[str, float]:
@@ -300,16 +326,21 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / f"{stamp}.json"
     profiled = {name for name in args.profile.split(",") if name}
     steps = plan(5 if args.quick else args.step_seconds, args.processes)
-    if args.only:
-        chosen = set(args.only.split(","))
+    chosen = set(args.only.split(",")) if args.only else set()
+    run_quota = not chosen or QUOTA_STEP in chosen
+    chosen.discard(QUOTA_STEP)
+    if chosen:
         unknown = chosen - {step.name for step in steps}
         if unknown:
             parser.error(f"no such step: {', '.join(sorted(unknown))}")
         steps = [step for step in steps if step.name in chosen]
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    if args.only and not chosen:
+        steps = []  # --only quota-1000
     print(f"[bench] floor: bench/floor.py at {FLOOR_RATE}/s", file=sys.stderr)
     floor = measure_floor(10 if args.quick else args.step_seconds, FLOOR_RATE)
+    quota: dict[str, Any] | None = None
     run_dir = ROOT / ".run" / f"bench-{stamp}"
     with running_stack(run_dir, args.processes) as stack:
         probe_tenant = f"bench-probe-{stamp.lower()}"
@@ -332,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
             result = measure_step(step, stack, (probe_tenant, probe_key), profile_dir)
             if step.reported:
                 results.append(result)
+        quota_s = 5 if args.quick else args.step_seconds
+        if run_quota and time.monotonic() - started + quota_s + 60 <= BUDGET_S:
+            if stack.api_processes != args.processes:
+                stack.start_api(args.processes)
+            print(f"[bench] {QUOTA_STEP}: check + reserve {QUOTA_RATE}/s x {quota_s}s", file=sys.stderr)
+            quota = measure_quota(stack, quota_s, QUOTA_RATE, run_dir / "quota")
+        elif run_quota:
+            skipped.append({"step": QUOTA_STEP, "reason": "would overrun the 10-minute budget"})
     report = {
         "started_at": stamp,
         "duration_s": round(time.monotonic() - started, 1),
@@ -340,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor": floor,
         "skipped": skipped,
         "steps": results,
+        "quota": quota,
         "targets": against_targets(results),
     }
     output.write_text(json.dumps(report, indent=1) + "\n")
@@ -349,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{floor['k6_cpu_us_per_request']} us k6 CPU per request"
     )
     print(table(results))
+    if quota is not None:
+        print(
+            f"{QUOTA_STEP}: {quota['achieved_rps']}/s of {quota['offered_rps']}/s, check p99"
+            f" {quota['check_latency_ms']['p99']} ms, reserve p99 {quota['reserve_latency_ms']['p99']} ms"
+            f" (target <= {TARGET_QUOTA_P99_MS} ms), errors {quota['error_rate']}"
+        )
     for skip in skipped:
         print(f"skipped {skip['step']}: {skip['reason']}")
     print(json.dumps(report["targets"], indent=1))

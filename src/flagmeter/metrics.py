@@ -44,6 +44,12 @@ dashboard_sign_ins = Counter(
     "Dashboard sign-in attempts by outcome: signed_in, wrong_token, throttled (refused unchecked, 429)",
     ["outcome"],
 )
+reservations = Counter(
+    "flagmeter_reservations_total",
+    "Quota reservations by outcome: granted, refused (402), settled (by an event), released (DELETE),"
+    " expired (dropped unsettled at expires_at; counted when the tenant's holds are next read)",
+    ["outcome"],
+)
 
 stream_length = Gauge(
     "flagmeter_stream_length", "Entries in the event stream not yet counted", multiprocess_mode="max"
@@ -118,6 +124,7 @@ KNOWN_LABELS: dict[Counter, list[tuple[str, ...]]] = {
     dead_letter_total: [("malformed",), ("max_deliveries",), ("unknown_tenant",)],
     alert_deliveries: [(t, o) for t in ("slack", "webhook") for o in ("delivered", "retry", "failed")],
     dashboard_sign_ins: [("signed_in",), ("wrong_token",), ("throttled",)],
+    reservations: [("granted",), ("refused",), ("settled",), ("released",), ("expired",)],
 }
 for _counter, _values in KNOWN_LABELS.items():
     for _labels in _values:
@@ -157,7 +164,7 @@ _SHARED = (db_pool_size, process_memory, process_cpu)
 EXPOSED: dict[str, tuple[MetricWrapperBase, ...]] = {
     "api": (
         http_request_duration, events_accepted, events_rejected, rate_limited, busy_rejections,
-        dashboard_sign_ins, *_SHARED,
+        dashboard_sign_ins, reservations, *_SHARED,
     ),
     "worker": (
         stream_length, stream_pending, consumer_lag, dead_letter_length, worker_batch_size,

@@ -23,6 +23,7 @@ import psycopg2.extensions
 from .alerts import Alert, crossed_thresholds
 from .events import Event
 from .periods import Period, period_containing
+from .quota import day_field, day_of
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class BatchResult:
     alerts: tuple[Alert, ...] = ()  # decided in the batch's transaction (issue 3)
     known_ids: int = 0  # of the duplicates, those already in the ledger (not repeated in the batch)
     recounted: bool = False  # the all-new insert met a known id; counted again, skipping known ids
+    # Absolute (quota.day_field(tenant, day), tokens) of every tenant-day the batch touched, read after
+    # its counting statement in the same transaction (see `_write_batch`).
+    daily_totals: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,12 +430,34 @@ class Store:
                 ),
             )
             rows = await cur.fetchall()
+            # Read in a statement of its own: its snapshot holds any batch this one waited for on the
+            # ledger, so the totals include every event of these entries, counted here or before.
+            days = sorted({(e.tenant, day_of(e.occurred_ms)) for e in batch})
+            await cur.execute(
+                "SELECT d.tenant_id, d.day::text, d.tokens FROM daily_totals d"
+                " JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)",
+                (_text_array([t for t, _ in days]), _text_array([d for _, d in days])),
+            )
+            daily = tuple((day_field(t, d), int(n)) for t, d, n in await cur.fetchall())
             alerts = await _decide_alerts(cur, [r[0] for r in rows], now, slack_fallback)
         tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
         counted = sum(int(n) for _, n, _ in rows)
         return BatchResult(
-            counted, len(known) - counted, tokens_by_tenant, unknown, tuple(alerts), len(batch) - counted
+            counted,
+            len(known) - counted,
+            tokens_by_tenant,
+            unknown,
+            tuple(alerts),
+            len(batch) - counted,
+            daily_totals=daily,
         )
+
+    async def daily_totals_since(self, day: str) -> list[tuple[str, int]]:
+        """Every tenant's absolute (day field, tokens) from `day` (YYYY-MM-DD) on: the cold rebuild."""
+        rows = await self._all(
+            "SELECT tenant_id, day::text, tokens FROM daily_totals WHERE day >= %s::date", (day,)
+        )
+        return [(day_field(tenant, d), int(tokens)) for tenant, d, tokens in rows]
 
     async def ensure_partitions(self, now: datetime) -> None:
         """Monthly partitions of `events` from two months before `now`'s to three after."""
@@ -634,6 +660,12 @@ WITH input AS (
     GROUP BY tenant_id, feature, minute ORDER BY tenant_id, feature, minute
     ON CONFLICT (tenant_id, feature, minute)
     DO UPDATE SET tokens = r.tokens + excluded.tokens, events = r.events + excluded.events
+), dailied AS (
+    INSERT INTO daily_totals AS d (tenant_id, day, tokens)
+    SELECT tenant_id, (to_timestamp(day * 86400) AT TIME ZONE 'UTC')::date, sum(tokens)
+    FROM (SELECT tenant_id, occurred_ms / 86400000 AS day, tokens FROM counted) AS c
+    GROUP BY tenant_id, day ORDER BY tenant_id, day
+    ON CONFLICT (tenant_id, day) DO UPDATE SET tokens = d.tokens + excluded.tokens
 ), totalled AS (
     INSERT INTO period_totals AS p (tenant_id, period_start, feature, tokens, events)
     SELECT tenant_id, to_timestamp(period_ms / 1000::float8), feature, sum(tokens), count(*)

@@ -19,26 +19,63 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Event
+from .quota import tally
+
+# Lua helpers shared by the scripts here and in tally.py. A stream entry's field `t` holds its tally:
+# the tokens it adds to the pending figures, as a JSON array [day field, tokens, ...] (quota.tally).
+TALLY_LUA = """
+local function add_tally(pending, tally, sign)
+  if type(tally) == 'table' then  -- an entry's field list: find `t`
+    local found = nil
+    for i = 1, #tally, 2 do if tally[i] == 't' then found = tally[i + 1] end end
+    tally = found
+  end
+  if not tally or tally == '' then return end
+  local figures = cjson.decode(tally)
+  for i = 1, #figures, 2 do
+    local left = redis.call('HINCRBY', pending, figures[i], sign * figures[i + 1])
+    if left <= 0 then redis.call('HDEL', pending, figures[i]) end
+  end
+end
+"""
+# Absolute totals: a field only ever grows, so acks applied late or twice can never lower one.
+MAX_MERGE_LUA = """
+local function max_merge(counted, first)
+  for i = first, #ARGV, 2 do
+    local current = tonumber(redis.call('HGET', counted, ARGV[i])) or 0
+    if tonumber(ARGV[i + 1]) > current then redis.call('HSET', counted, ARGV[i], ARGV[i + 1]) end
+  end
+end
+"""
 
 # The appends of the requests that waited for the previous call (see Stream.append), in one atomic call.
 # A request's accepted events travel as ONE stream entry (a JSON array of rows): one XADD, one
-# decode and one ack per request, however many events it holds.
-# ARGV: now_ms, then per request: bucket key index (0: not limited), rate, payload.
-# The reply holds, per request, 1 when appended or -(milliseconds to wait) when over its tenant's limit.
-APPEND_LUA = """
-local now = tonumber(ARGV[1])
+# decode and one ack per request, however many events it holds. The same call adds the entry's tally
+# to the pending figures and settles the reservations its events name.
+# KEYS: stream, pending, then rate-limit buckets and hold keys. ARGV: rate_now_ms, now_ms (service
+# clock), then per request: bucket key index (0: not limited), rate, payload, tally, n, and n times
+# (holds key index, expiry key index, reservation id).
+# The reply holds, per request, 1 + reservations settled when appended, or -(milliseconds to wait) when
+# over its tenant's limit.
+APPEND_LUA = (
+    TALLY_LUA
+    + """
+local rate_now, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local results = {}
-for i = 2, #ARGV, 3 do
+local i = 3
+while i <= #ARGV do
   local key, rate = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local settles = tonumber(ARGV[i + 4])
   local result = 1
   if key > 0 then
     local burst = rate * 2
     local bucket = redis.call('HMGET', KEYS[key], 'tokens', 'at')
     local tokens = tonumber(bucket[1]) or burst
-    local at = tonumber(bucket[2]) or now
-    local t = now
+    local at = tonumber(bucket[2]) or rate_now
+    local t = rate_now
     if t > at then tokens = math.min(burst, tokens + (t - at) * rate / 1000) else t = at end
     if tokens < 1 then
       result = -math.ceil((1 - tokens) * 1000 / rate)
@@ -48,12 +85,74 @@ for i = 2, #ARGV, 3 do
     end
   end
   if result > 0 then
-    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
+    if ARGV[i + 3] == '' then
+      redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
+    else
+      redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2], 't', ARGV[i + 3])
+      add_tally(KEYS[2], ARGV[i + 3], 1)
+    end
+    for s = 0, settles - 1 do
+      local holds, expiry = KEYS[tonumber(ARGV[i + 5 + 3 * s])], KEYS[tonumber(ARGV[i + 6 + 3 * s])]
+      local id = ARGV[i + 7 + 3 * s]
+      local expires = redis.call('ZSCORE', expiry, id)
+      if expires and tonumber(expires) > now then  -- an expired hold is left to be counted as expired
+        redis.call('HDEL', holds, id)
+        redis.call('ZREM', expiry, id)
+        result = result + 1
+      end
+    end
   end
   results[#results + 1] = result
+  i = i + 5 + 3 * settles
 end
 return results
 """
+)
+# Ack, delete, and in the same call take each really acknowledged entry's tally off the pending figures
+# and merge the batch's absolute daily totals into the counted ones: a reader sees the events pending or
+# counted, never neither. XACK answers 0 for an entry acked before (a redelivery, a dead worker's
+# batch), so nothing is taken off twice.
+# KEYS: stream, pending, counted. ARGV: group, n, n entry ids, then (day field, total) pairs.
+ACK_LUA = (
+    TALLY_LUA
+    + MAX_MERGE_LUA
+    + """
+local n = tonumber(ARGV[2])
+local acked = 0
+for i = 3, 2 + n do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    acked = acked + 1
+    local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+    if entry[1] then add_tally(KEYS[2], entry[1][2], -1) end
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+max_merge(KEYS[3], 3 + n)
+return acked
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """The Redis keys of the quota figures (see tally.py), named beside the stream they follow."""
+
+    pending: str
+    counted: str
+    loaded: str
+    rebuilding: str
+    base: str
+
+    @classmethod
+    def beside(cls, stream: str) -> QuotaKeys:
+        base = f"{stream}:quota"
+        return cls(f"{base}:pending", f"{base}:counted", f"{base}:loaded", f"{base}:rebuilding", base)
+
+    def holds(self, tenant: str) -> str:
+        return f"{self.base}:holds:{tenant}"
+
+    def expiry(self, tenant: str) -> str:
+        return f"{self.base}:expiry:{tenant}"
 
 
 # One failed dashboard sign-in of an address: its count in a fixed window of ARGV[1] ms, shared by every
@@ -74,6 +173,8 @@ class _Append:
     bucket: str | None
     rate: int
     payload: bytes
+    tally: bytes
+    settle: Sequence[tuple[str, str]]  # (tenant, reservation id) named by its events
     done: asyncio.Future[int]
 
 
@@ -127,12 +228,18 @@ def consumer_name() -> str:
 
 
 class Stream:
-    def __init__(self, client: redis.Redis, stream: str, group: str, dead_letter: str) -> None:
+    def __init__(
+        self, client: redis.Redis, stream: str, group: str, dead_letter: str, clock: Clock = SYSTEM
+    ) -> None:
         self.client: Any = client  # redis-py's asyncio stubs type replies too loosely to help
         self.name = stream
         self.group = group
         self.dead_letter = dead_letter
-        self._append_sha = client.register_script(APPEND_LUA).sha
+        self.clock = clock
+        self.quota_keys = QuotaKeys.beside(stream)
+        self._append_script = client.register_script(APPEND_LUA)
+        self._append_sha = self._append_script.sha
+        self._ack = client.register_script(ACK_LUA)
         self._count_failure = client.register_script(COUNT_FAILURE_LUA)
         self._waiting: list[_Append] = []
         self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
@@ -140,7 +247,14 @@ class Stream:
 
     @classmethod
     def from_url(
-        cls, url: str, stream: str, group: str, dead_letter: str, *, connections: int = 32
+        cls,
+        url: str,
+        stream: str,
+        group: str,
+        dead_letter: str,
+        *,
+        connections: int = 32,
+        clock: Clock = SYSTEM,
     ) -> Stream:
         # A blocking pool: under a burst, requests wait (up to 5 s) for a connection instead of
         # failing with MaxConnectionsError, which would be a 503 while Redis is perfectly healthy.
@@ -148,12 +262,16 @@ class Stream:
             url, max_connections=connections, timeout=5,
             socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
         )  # fmt: skip
-        return cls(redis.Redis(connection_pool=pool), stream, group, dead_letter)
+        return cls(redis.Redis(connection_pool=pool), stream, group, dead_letter, clock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stream:
         return cls.from_url(
-            settings.redis_url, settings.stream, settings.consumer_group, settings.dead_letter_stream
+            settings.redis_url,
+            settings.stream,
+            settings.consumer_group,
+            settings.dead_letter_stream,
+            clock=settings.clock,
         )
 
     async def close(self) -> None:
@@ -167,8 +285,18 @@ class Stream:
         except (RedisError, OSError) as error:
             raise StreamUnavailable(str(error)) from error
 
-    async def append(self, events: Sequence[Event], *, tenant: str | None, rate: int) -> None:
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        tenant: str | None,
+        rate: int,
+        settle: Sequence[tuple[str, str]] = (),
+    ) -> int:
         """Append accepted events; when `tenant` is given its request bucket is charged first.
+
+        `settle` names the (tenant, reservation id) holds the events settle, released in the same
+        call; the answer is how many of them were still held.
 
         Group commit: one script call at a time per process; the requests that arrive while it is
         in flight share the next call, so a busy process makes fewer, fuller Redis round trips
@@ -179,6 +307,8 @@ class Stream:
             f"flagmeter:ratelimit:{tenant}" if limited else None,
             rate,
             encode(events),
+            tally(events),
+            settle,
             asyncio.get_running_loop().create_future(),
         )
         self._waiting.append(request)
@@ -187,6 +317,7 @@ class Stream:
         result = await request.done
         if result < 0:
             raise RateLimited(-result)
+        return result - 1
 
     def _flush(self) -> None:
         if not self._waiting or self._sending is not None:
@@ -204,14 +335,18 @@ class Stream:
         self._flush()
 
     async def _send(self, batch: list[_Append]) -> None:
-        keys = [self.name]
-        args: list[Any] = [int(time.time() * 1000)]
+        keys = [self.name, self.quota_keys.pending]
+        args: list[Any] = [int(time.time() * 1000), self.clock.now_ms()]
         for request in batch:
             if request.bucket is None:
-                args += [0, 0, request.payload]
+                args += [0, 0]
             else:
                 keys.append(request.bucket)
-                args += [len(keys), request.rate, request.payload]
+                args += [len(keys), request.rate]
+            args += [request.payload, request.tally, len(request.settle)]
+            for tenant, reservation in request.settle:
+                keys += [self.quota_keys.holds(tenant), self.quota_keys.expiry(tenant)]
+                args += [len(keys) - 1, len(keys), reservation]
         try:
             results = await self._call_append(keys, args)
         except Exception as error:  # whatever it is, no request may wait forever on its future
@@ -304,14 +439,19 @@ class Stream:
         }
         return [Entry(e.id, e.payload, e.events, deliveries.get(e.id, 1)) for e in entries]
 
-    async def ack(self, ids: Sequence[str]) -> None:
-        """Acknowledge and delete: the stream then holds only what is not yet counted."""
-        if not ids:
-            return
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(self.name, self.group, *ids)
-            pipe.xdel(self.name, *ids)
-            await pipe.execute()
+    def _ack_call(self, ids: Sequence[str], totals: Sequence[tuple[str, int]], client: Any = None) -> Any:
+        keys = [self.name, self.quota_keys.pending, self.quota_keys.counted]
+        args = [self.group, len(ids), *ids, *[value for pair in totals for value in pair]]
+        return self._ack(keys=keys, args=args, client=client)
+
+    async def ack(self, ids: Sequence[str], totals: Sequence[tuple[str, int]] = ()) -> None:
+        """Acknowledge and delete: the stream then holds only what is not yet counted.
+
+        `totals` are the committed batch's absolute (day field, tokens) totals, merged into the counted
+        figures in the same call that takes the entries off the pending ones.
+        """
+        if ids:
+            await self._ack_call(ids, totals)
 
     async def dead_letter_entries(self, entries: Sequence[Entry], reason: str) -> None:
         """Move entries to the dead-letter stream, then ack them off the main stream."""
@@ -328,8 +468,7 @@ class Stream:
                         "deliveries": str(entry.deliveries),
                     },
                 )
-            pipe.xack(self.name, self.group, *[e.id for e in entries])
-            pipe.xdel(self.name, *[e.id for e in entries])
+            await self._ack_call([e.id for e in entries], (), client=pipe)  # queued in the transaction
             await pipe.execute()
 
     async def dead_letter_summary(self) -> dict[str, int]:
@@ -352,8 +491,11 @@ class Stream:
         if not entries:
             return 0
         async with self.client.pipeline(transaction=True) as pipe:
-            for _, fields in entries:
-                pipe.xadd(self.name, {"e": fields[b"e"]})
+            for entry_id, fields in entries:
+                # Back on the stream with its tally, through the append script: pending again.
+                events = _decode(entry_id, fields).events or ()
+                args = [0, self.clock.now_ms(), 0, 0, fields[b"e"], tally(events), 0]
+                await self._append_script(keys=[self.name, self.quota_keys.pending], args=args, client=pipe)
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         return len(entries)

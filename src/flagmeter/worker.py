@@ -173,7 +173,8 @@ class Worker:
             await self.stream.dead_letter_entries(unknown, "unknown_tenant")
             metrics.dead_letter_total.labels("unknown_tenant").inc(len(unknown))
         unknown_ids = {e.id for e in unknown}
-        await self.stream.ack([e.id for e in entries if e.id not in unknown_ids])
+        # The same call moves the entries' tokens from pending to counted in the quota figures (tally.py).
+        await self.stream.ack([e.id for e in entries if e.id not in unknown_ids], result.daily_totals)
 
         metrics.worker_events_counted.inc(result.counted)
         metrics.worker_events_duplicate.inc(result.duplicates)

@@ -11,7 +11,7 @@ from .. import metrics
 from ..config import Settings
 from ..store import Store
 from ..stream import Stream
-from . import alerts, dashboard, events, health, tenants, usage
+from . import alerts, dashboard, events, health, reservations, tenants, usage
 from .auth import Directory, FailureThrottle
 from .errors import error_middleware
 
@@ -33,6 +33,11 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/usage/{tenant}", usage.get_usage),
             web.get("/usage/{tenant}", usage.get_usage),
             web.get("/v1/usage/{tenant}/series", usage.get_series),
+            # quota checks and reservations (issue 12)
+            web.get("/v1/usage/{tenant}/check", reservations.check),
+            web.post("/v1/reservations", reservations.create_reservation),
+            web.get("/v1/reservations", reservations.list_reservations),
+            web.delete("/v1/reservations/{id}", reservations.delete_reservation),
             web.post("/v1/tenants", tenants.create_tenant),
             web.get("/v1/tenants", tenants.list_tenants),
             web.get("/v1/tenants/{tenant}", tenants.get_tenant),
@@ -64,6 +69,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stream = Stream.from_settings(settings)
     app["store"] = store
     app["stream"] = stream
+    app["tally"] = reservations.create_tally(store, stream, settings)
     app["directory"] = Directory(store, settings.admin_token)
     app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S, stream)
     sampler = asyncio.create_task(metrics.sample_process_forever("api"))

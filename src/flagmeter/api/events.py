@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
+from ..quota import named_reservation
 from ..stream import RateLimited, StreamUnavailable
 from .auth import Principal
 from .errors import ApiError, json_response, read_json
@@ -59,6 +60,7 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
     existing = await _existing_tenants(app, items, principal.tenant)
     now_ms = app["settings"].clock.now_ms()
     accepted = []
+    settle: list[tuple[str, str]] = []  # (tenant, reservation) the accepted events settle (issue 12)
     rejected: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
@@ -67,6 +69,10 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
             event = normalise(
                 raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
             )
+            reservation = named_reservation(raw)
+            accepted.append(event)
+            if reservation is not None:
+                settle.append((event.tenant, reservation))
         except Rejection as rejection:
             metrics.events_rejected.labels(rejection.code).inc()
             rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
@@ -87,7 +93,9 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
         )
 
     try:
-        await app["stream"].append(accepted, tenant=principal.tenant, rate=app["settings"].rate_limit)
+        settled = await app["stream"].append(
+            accepted, tenant=principal.tenant, rate=app["settings"].rate_limit, settle=settle
+        )
     except RateLimited as limited:
         metrics.rate_limited.inc()
         seconds = max(1, -(-limited.retry_after_ms // 1000))
@@ -103,6 +111,8 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
             503, "unavailable", "event stream unavailable; retry with the same ids", {"Retry-After": "1"}
         ) from None
     metrics.events_accepted.inc(len(accepted))
+    if settled:
+        metrics.reservations.labels("settled").inc(settled)
     return json_response(
         {
             "accepted": len(accepted),
