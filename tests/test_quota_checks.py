@@ -34,7 +34,7 @@ def env(stack: Stack) -> Iterator[LocalEnv]:
 
 def _tenant(env: LocalEnv, quota: int = 1000, **extra: Any) -> tuple[str, str]:
     tenant = env.create_tenant(quota=quota, **extra)
-    status, body, _ = env.request("POST", f"/v1/tenants/{tenant}/keys", {"label": "test"})
+    status, body, _ = env.request("POST", f"/v1/tenants/{tenant}/keys", {"name": "test"})
     assert status == 201, body
     return tenant, body["api_key"]
 

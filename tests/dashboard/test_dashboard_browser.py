@@ -209,3 +209,36 @@ def test_an_unknown_tenant_page_links_home(demo: LocalEnv, browser: Any) -> None
     page.wait_for_url(f"{demo.api_url}/")
     assert page.locator("li.tenant").count() >= 3
     page.close()
+
+
+def test_the_tenant_page_shows_reserved_tokens_and_active_reservations_live(
+    demo: LocalEnv, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    tenant = demo.create_tenant(quota=10_000)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.set_extra_http_headers({"Authorization": f"Bearer {demo.stack.admin_token}"})
+    page.goto(f"{demo.api_url}/tenants/{tenant}")
+    expect(page.locator("#reserved")).to_have_text("0")
+    expect(page.locator("#reservations tr.none")).to_have_text("No active reservations.")
+    page.evaluate("window.__sameDocument = true")
+
+    for ident, tokens in (("llm-call-1", 1_500), ("llm-call-2", 250)):
+        status, body, _ = demo.request(
+            "POST", "/v1/reservations", {"tenant": tenant, "tokens": tokens, "id": ident, "ttl_seconds": 600}
+        )
+        assert status == 201, body
+    expect(page.locator("#reserved")).to_have_text("1,750", timeout=10_000)
+    expect(page.locator("#reservations tr")).to_have_count(2)
+    expect(page.locator("#reservations tr").first).to_contain_text("llm-call-1")
+    expires = page.locator("#reservations time").first
+    assert expires.get_attribute("title") == expires.get_attribute("datetime")
+    assert expires.inner_text().endswith(" UTC")
+
+    status, _, _ = demo.request("DELETE", f"/v1/reservations/llm-call-1?tenant={tenant}")
+    assert status == 204
+    expect(page.locator("#reserved")).to_have_text("250", timeout=10_000)
+    expect(page.locator("#reservations tr")).to_have_count(1)
+    assert page.evaluate("window.__sameDocument") is True
+    page.close()

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from html import escape
 from importlib import resources
 from pathlib import PurePath
@@ -29,6 +29,8 @@ from ..alerts import percent_used
 from ..clock import rfc3339
 from ..periods import Period
 from ..store import AlertRecord, CurrentUsage, Tenant
+from ..stream import StreamUnavailable
+from ..tally import Hold, Tally
 from .alerts import alert_json
 from .auth import FailureThrottle, client_address
 from .errors import ApiError, json_response
@@ -293,9 +295,9 @@ def percent_label(percent: float) -> str:
     return f"{percent:,.2f}".rstrip("0").rstrip(".") + " %"
 
 
-def human_time(moment: datetime) -> str:
+def human_time(moment: datetime, *, seconds: bool = False) -> str:
     """A time as people read it: '3 May 2026, 14:02 UTC' (the exact value goes in a title)."""
-    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+    return f"{moment.day} {moment:%b %Y, %H:%M{':%S' if seconds else ''}} UTC"
 
 
 def human_date(moment: datetime) -> str:
@@ -306,9 +308,9 @@ def period_label(period: Period) -> str:
     return f"{human_date(period.start)} \N{EN DASH} {human_date(period.end)}"
 
 
-def _time_html(moment: datetime) -> str:
+def _time_html(moment: datetime, *, seconds: bool = False) -> str:
     exact = rfc3339(moment)
-    return f'<time datetime="{exact}" title="{exact}">{human_time(moment)}</time>'
+    return f'<time datetime="{exact}" title="{exact}">{human_time(moment, seconds=seconds)}</time>'
 
 
 def compact(tokens: float) -> str:
@@ -425,6 +427,23 @@ def _alert_rows(history: list[AlertRecord]) -> str:
     )
 
 
+RESERVATIONS_NOTE = {False: "No active reservations.", True: "Reservations cannot be read right now."}
+
+
+def _hold_rows(view: TenantView) -> str:
+    if not view.holds:
+        return f'<tr class="none"><td colspan="3">{RESERVATIONS_NOTE[view.holds is None]}</td></tr>'
+    return "".join(
+        f"<tr><td>{escape(hold.id)}</td><td>{hold.tokens:,}</td>"
+        f"<td>{_time_html(_expiry(hold), seconds=True)}</td></tr>"
+        for hold in view.holds
+    )
+
+
+def _expiry(hold: Hold) -> datetime:
+    return datetime.fromtimestamp(hold.expires_ms / 1000, UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class TenantView:
     """Everything the tenant page shows, read at one moment: rendered once, then polled as JSON."""
@@ -434,11 +453,30 @@ class TenantView:
     thresholds: str
     history: list[AlertRecord]
     now: datetime
+    holds: list[Hold] | None  # None: Redis cannot be reached right now
+
+    @property
+    def reserved_label(self) -> str:
+        return "unknown" if self.holds is None else f"{sum(h.tokens for h in self.holds):,}"
+
+    def hold_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": hold.id,
+                "tokens": hold.tokens,
+                "expires_at": rfc3339(_expiry(hold)),
+                "expires_label": human_time(_expiry(hold), seconds=True),
+            }
+            for hold in self.holds or ()
+        ]
 
     def as_json(self) -> dict[str, Any]:
         tenant, period = self.row.tenant, self.row.period
         return {
             "as_of": rfc3339(self.now),
+            "reserved_label": self.reserved_label,
+            "reservations": self.hold_rows(),
+            "reservations_note": RESERVATIONS_NOTE[self.holds is None],
             "as_of_label": f"{self.now:%H:%M:%S} UTC",
             "tenant": {
                 **self.row.as_json(),
@@ -474,12 +512,18 @@ async def _tenant_view(request: web.Request) -> TenantView | None:
     history = await store.alert_history(tenant.id, 50)
     settings = (await store.alert_settings([tenant.id])).get(tenant.id)
     last_hour = (await store.recent_tokens([tenant.id], now - POLL_WINDOW)).get(tenant.id, 0)
+    tally: Tally = request.app["tally"]
+    try:
+        holds: list[Hold] | None = (await tally.holds(tenant.id, int(now.timestamp() * 1000)))[0]
+    except StreamUnavailable:
+        holds = None
     return TenantView(
         row=TenantRow(tenant, period, current.by_feature, last_hour),
         chart=usage_chart(period, [(b, t) for b, t, _ in series], tenant.monthly_quota, now),
         thresholds=", ".join(map(str, settings.thresholds)) if settings and settings.thresholds else "none",
         history=history,
         now=now,
+        holds=holds,
     )
 
 
@@ -508,6 +552,8 @@ async def tenant_page(request: web.Request) -> web.Response:
         features=_feature_rows(row.features()),
         thresholds=escape(view.thresholds),
         alerts=_alert_rows(view.history),
+        reserved=view.reserved_label,
+        reservations=_hold_rows(view),
         as_of=rfc3339(view.now),
         as_of_label=f"{view.now:%H:%M:%S} UTC",
     )

@@ -70,9 +70,6 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
                 raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
             )
             reservation = named_reservation(raw)
-            accepted.append(event)
-            if reservation is not None:
-                settle.append((event.tenant, reservation))
         except Rejection as rejection:
             metrics.events_rejected.labels(rejection.code).inc()
             rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
@@ -83,6 +80,8 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
             continue
         seen.add((event.tenant, event.id))
         accepted.append(event)
+        if reservation is not None:
+            settle.append((event.tenant, reservation))
 
     if not accepted:
         if isinstance(body, dict):

@@ -1,6 +1,6 @@
 // Keeps the dashboard live. The overview polls /dashboard/usage.json every 2 s and updates the rows in
 // place (moving, not re-creating, them, so an expanded row stays open); a tenant's page polls
-// /dashboard/tenants/<id>/usage.json and updates its figures, chart, features and alerts. The server
+// /dashboard/tenants/<id>/usage.json and updates its figures, chart, features, reservations and alerts. The server
 // computes every label and the chart's coordinates; this only sets text and attributes, never innerHTML.
 "use strict";
 (function () {
@@ -165,6 +165,12 @@
       text(byId("period"), tenant.period_label);
       text(byId("billing-day"), String(tenant.billing_day));
       text(byId("last-hour"), number.format(tenant.last_hour));
+      text(byId("reserved"), data.reserved_label);
+      rows(byId("reservations"), data.reservations, { columns: 3, text: data.reservations_note }, (hold) => [
+        hold.id,
+        number.format(hold.tokens),
+        exactTime(hold.expires_at, hold.expires_label),
+      ]);
       text(byId("thresholds"), data.thresholds);
       chart(byId("chart"), data.chart);
       features(byId("features"), tenant.by_feature);
