@@ -71,12 +71,26 @@ def _healthy(process: Process, port: int) -> tuple[Process, str]:
     return process, url
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    check: Callable[[], object],
+    timeout: float,
+    what: str,
+    *,
+    ignoring: tuple[type[BaseException], ...] = (),
+    every: float = 0.05,
+) -> None:
+    """Poll `check` until it is true; an exception in `ignoring` counts as not yet. The one wait of
+    every test (and of bench/), so that timeouts read the same everywhere."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        try:
+            if check():
+                return
+        except ignoring:
+            pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 def mid_period_day(today: date | None = None) -> int:

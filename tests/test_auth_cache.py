@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from flagmeter.api.auth import ShortCache
+from flagmeter.api.cache import ShortCache
 from flagmeter.store import StoreUnavailable
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import psycopg2
 
 from flagmeter.events import Event
+from flagmeter.ledger import LedgerInsert
 from flagmeter.localstack import LocalStack
 from flagmeter.periods import period_containing
 from flagmeter.store import Store, migrate
@@ -95,7 +96,10 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(servers: 
             _events(50) + first[-1:],
         ]
         try:
-            results = [await store.write_batch(batch, now=datetime.now(UTC)) for batch in batches]
+            ledger = LedgerInsert()
+            results = [
+                await store.write_batch(batch, now=datetime.now(UTC), ledger=ledger) for batch in batches
+            ]
         finally:
             await store.close()
         seen: list[Event] = [event for batch in batches for event in batch]
@@ -115,6 +119,7 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
 
     async def run() -> int:
         stores = [await Store.connect(url, size=1) for _ in range(3)]
+        ledgers = [LedgerInsert() for _ in stores]  # one per worker, as each worker has its own
         everything: list[Event] = []
         counted = 0
         try:
@@ -123,7 +128,10 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
                 batches = [shared + _events(100) for _ in stores]  # same ids in every worker's batch
                 everything += [event for batch in batches for event in batch]
                 results = await asyncio.gather(
-                    *(s.write_batch(b, now=datetime.now(UTC)) for s, b in zip(stores, batches, strict=True))
+                    *(
+                        s.write_batch(b, now=datetime.now(UTC), ledger=ledger)
+                        for s, b, ledger in zip(stores, batches, ledgers, strict=True)
+                    )
                 )
                 counted += sum(r.counted for r in results)
         finally:

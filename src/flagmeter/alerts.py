@@ -61,6 +61,13 @@ def crossed_thresholds(used: int, quota: int, thresholds: Iterable[int]) -> list
     return sorted({t for t in thresholds if used * 100 >= t * quota})
 
 
+def delivery_targets(*, slack_url_enabled: bool, webhook_enabled: bool, slack_fallback: bool) -> list[str]:
+    """Where a decided alert goes: Slack when the tenant has an enabled incoming webhook or the
+    service has a fallback one (FLAGMETER_SLACK_WEBHOOK_URL), the signed webhook when enabled."""
+    targets = ["slack"] if slack_url_enabled or slack_fallback else []
+    return [*targets, "webhook"] if webhook_enabled else targets
+
+
 def validate_thresholds(value: object) -> list[int]:
     """Normalise a client's threshold list; ValueError says what is wrong."""
     if not isinstance(value, list) or not all(type(t) is int for t in value):
@@ -159,6 +166,11 @@ class RetryPolicy:
     base_s: float = 30.0
     max_attempts: int = 8  # 30 s doubling: the 8th attempt lands about an hour after the first
     max_retry_after_s: float = 3600.0
+
+
+def disables_target(http_status: int | None) -> bool:
+    """410 Gone: the receiver says the URL is gone for good; stop sending there until it is set again."""
+    return http_status == 410
 
 
 def outcome_of(status: int) -> str:

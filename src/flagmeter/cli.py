@@ -1,17 +1,14 @@
-"""`flagmeter api|worker|migrate|seed|tenant|dev|prune`.
+"""`flagmeter api|worker|migrate|seed|tenant|prune|dead-letters|dev`: parse the arguments, call.
 
 prometheus_client is imported only inside commands: the `api` command must set
-PROMETHEUS_MULTIPROC_DIR before any process imports it.
+PROMETHEUS_MULTIPROC_DIR before any process imports it (processes.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
 import logging
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -19,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
+from .admin import seed, thresholds
 from .config import ConfigError, Settings, clock_from_env
 from .events import TENANT_ID
-from .listen import EXIT_PORT_TAKEN, PortTaken, ensure_free
+from .listen import PortTaken, ensure_free
+from .processes import run, serve_api, serve_worker
+from .supervisor import supervise
 
 log = logging.getLogger("flagmeter")
-
-DEMO_TENANTS = (
-    ("acme", "Acme Corp", 1_000_000, 1),
-    ("globex", "Globex", 500_000, 15),
-    ("initech", "Initech", 250_000, 31),
-)
 
 
 def _environment() -> dict[str, str]:
@@ -58,46 +52,7 @@ def _settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Se
     return settings
 
 
-# Ingest allocates a few containers per event (the parsed row or object, the Event). With Python's
-# default first-generation threshold (700) the cyclic collector ran every few hundred events and
-# doubled the worker's decoding time (0.94 -> 1.9 us per event with the service's modules loaded).
-# Reference cycles are rare on these paths; they are still collected, after 10,000 allocations.
-GC_THRESHOLDS = (10_000, 10, 10)
-
-
-def _run(coro: Awaitable[Any]) -> Any:
-    import gc
-
-    import uvloop
-
-    gc.set_threshold(*GC_THRESHOLDS)
-    return uvloop.run(coro)  # type: ignore[arg-type]
-
-
 # -- api ------------------------------------------------------------------------------------
-
-
-async def _serve_api(settings: Settings, reuse_port: bool) -> None:
-    from aiohttp import web
-
-    from .api import create_app
-
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.port, reuse_port=reuse_port, backlog=4096)
-    try:
-        await site.start()
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise PortTaken(settings.listen_host, settings.port, "PORT") from None
-        raise
-    log.info("api listening", extra={"port": settings.port, "pid": os.getpid()})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
 
 
 def _port_taken(error: PortTaken) -> int:
@@ -111,112 +66,17 @@ def cmd_api(args: argparse.Namespace) -> int:
     try:
         ensure_free(settings.listen_host, settings.port, "PORT")
         if processes == 1:
-            _run(_serve_api(settings, reuse_port=False))
+            run(serve_api(settings, reuse_port=False))
             return 0
     except PortTaken as error:
         return _port_taken(error)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
     # The app is imported by each child, not before the fork: the supervisor stays ~25 MB instead of
     # carrying every library's pages too (RSS counts shared pages once per process).
-    return _supervise(processes, lambda: _run(_serve_api(settings, reuse_port=True)))
-
-
-def _supervise(processes: int, serve: Callable[[], None]) -> int:
-    """Fork `processes` children sharing the port (SO_REUSEPORT); restart any that dies."""
-    children: set[int] = set()
-    stopping = False
-    exit_code = 0
-
-    def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                serve()
-            except PortTaken as error:  # taken between the supervisor's check and this bind
-                print(f"flagmeter: {error}", file=sys.stderr)
-                code = EXIT_PORT_TAKEN
-            except BaseException:
-                log.exception("api process failed")
-                code = 1
-            finally:
-                os._exit(code)
-        children.add(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for _ in range(processes):
-        spawn()
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        children.discard(pid)
-        from prometheus_client import multiprocess  # only now: it would double the supervisor's size
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_PORT_TAKEN:
-            forward(signal.SIGTERM, None)  # restarting cannot help
-            exit_code = 1
-        elif not stopping:
-            log.error("api process died; restarting", extra={"pid": pid, "status": status})
-            spawn()
-    return exit_code
+    return supervise(processes, lambda: run(serve_api(settings, reuse_port=True)))
 
 
 # -- worker ---------------------------------------------------------------------------------
-
-
-async def _worker(settings: Settings, concurrency: int) -> None:
-    from aiohttp import web
-
-    from .api import health as endpoints
-    from .api.errors import json_response
-    from .store import Store
-    from .stream import Stream
-    from .worker import Worker
-
-    store = await Store.connect(settings.database_url, size=max(4, concurrency + 2))
-    stream = Stream.from_settings(settings)
-    worker = Worker(settings, store, stream, concurrency=concurrency)
-
-    async def health(_: web.Request) -> web.Response:
-        return json_response({"status": "stopping" if worker.stopping else "ok"})
-
-    runner = None
-    if settings.worker_metrics_port:
-        app = web.Application()
-        app["store"], app["stream"] = store, stream  # what the shared /ready checks
-        app["metrics_role"] = "worker"
-        app.router.add_get("/metrics", endpoints.metrics_endpoint)
-        app.router.add_get("/health", health)
-        app.router.add_get("/ready", endpoints.ready)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, settings.listen_host, settings.worker_metrics_port).start()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    try:
-        await worker.run()
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await stream.close()
-        await store.close()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -226,7 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             ensure_free(settings.listen_host, settings.worker_metrics_port, "FLAGMETER_WORKER_METRICS_PORT")
         except PortTaken as error:
             return _port_taken(error)
-    _run(_worker(settings, args.concurrency))
+    run(serve_worker(settings, args.concurrency))
     return 0
 
 
@@ -242,7 +102,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print("flagmeter: missing required environment: DATABASE_URL", file=sys.stderr)
         return 2
     logs.setup(env.get("FLAGMETER_LOG_LEVEL", "INFO"))
-    applied = _run(migrate(database_url))
+    applied = run(migrate(database_url))
     log.info("migrations done", extra={"applied": applied})
     return 0
 
@@ -260,34 +120,12 @@ async def _with_store(fn: Callable[[Any], Awaitable[Any]]) -> Any:
         await store.close()
 
 
-async def seed(store: Any, known: dict[str, str]) -> list[tuple[str, str]]:
-    """Ensure the demo tenants, each with a working demo key: its key in `known` while that still
-    works, else a fresh one (older demo keys are revoked)."""
-    from .api.auth import hash_key, new_key
-    from .store import Conflict, Tenant
-
-    keys = []
-    for tenant_id, name, quota, day in DEMO_TENANTS:
-        kept = known.get(tenant_id)
-        if kept and await store.tenant_for_key(hash_key(kept)) == tenant_id:
-            keys.append((tenant_id, kept))
-            continue
-        key_id, key, key_hash = new_key()
-        try:
-            await store.create_tenant(Tenant(tenant_id, name, quota, day, None), key_id, key_hash, "demo")  # type: ignore[arg-type]
-        except Conflict:
-            await store.revoke_keys_labelled(tenant_id, "demo")
-            await store.create_key(tenant_id, key_id, key_hash, "demo")
-        keys.append((tenant_id, key))
-    return keys
-
-
 def cmd_seed(args: argparse.Namespace) -> int:
     path = Path(args.keys_file) if args.keys_file else None
     known: dict[str, str] = {}
     if path is not None and path.exists():
         known = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
-    keys = _run(_with_store(lambda store: seed(store, known)))
+    keys = run(_with_store(lambda store: seed(store, known)))
     lines = "".join(f"{tenant_id}\t{key}\n" for tenant_id, key in keys)
     if path is not None:
         path.touch(0o600)
@@ -298,7 +136,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_tenant(args: argparse.Namespace) -> int:
-    from .api.auth import new_key
+    from .keys import new_key
     from .store import Conflict, Tenant
 
     async def act(store: Any) -> int:
@@ -325,7 +163,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             await store.create_key(args.id, key_id, key_hash)
             print(f"key {key_id}: {key}")
         elif args.action == "thresholds":  # alert thresholds (issue 3)
-            return await _thresholds(store, args.id, args.thresholds)
+            return await thresholds(store, args.id, args.thresholds)
         return 0
 
     if args.action == "create" and not (args.id and args.quota is not None):
@@ -340,39 +178,17 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     if args.quota is not None and args.quota < 0:
         print("flagmeter: --quota must be >= 0", file=sys.stderr)
         return 2
-    result: int = _run(_with_store(act))
+    result: int = run(_with_store(act))
     return result
-
-
-async def _thresholds(store: Any, tenant_id: str, raw: str | None) -> int:
-    """Show or set a tenant's alert thresholds."""
-    from .alerts import validate_thresholds
-    from .store import AlertSettingsChange
-
-    if raw is not None:
-        try:
-            chosen = validate_thresholds([int(part) for part in raw.split(",") if part.strip()])
-        except ValueError as error:
-            print(f"flagmeter: --thresholds: {error}", file=sys.stderr)
-            return 2
-        if not await store.update_alert_settings(tenant_id, AlertSettingsChange(chosen)):
-            print(f"flagmeter: unknown tenant {tenant_id!r}", file=sys.stderr)
-            return 1
-    current = (await store.alert_settings([tenant_id])).get(tenant_id)
-    if current is None:
-        print(f"flagmeter: unknown tenant {tenant_id!r}", file=sys.stderr)
-        return 1
-    print(f"{tenant_id}\tthresholds={','.join(map(str, current.thresholds)) or 'none'}")
-    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     async def act(store: Any) -> tuple[int, list[str]]:
-        now = clock_from_env(dict(os.environ)).now()
+        now = clock_from_env(_environment()).now()
         result: tuple[int, list[str]] = await store.prune(args.keep_days, now)
         return result
 
-    ledger, dropped = _run(_with_store(act))
+    ledger, dropped = run(_with_store(act))
     print(f"dropped partitions: {', '.join(dropped) or 'none'}; dedup rows pruned: {ledger}")
     return 0
 
@@ -402,7 +218,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             await stream.close()
         return 0
 
-    result: int = _run(act())
+    result: int = run(act())
     return result
 
 

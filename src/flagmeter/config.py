@@ -77,6 +77,7 @@ class Settings:
     alert_timeout_ms: int = 10_000
     alert_retry_base_ms: int = 30_000
     alert_max_attempts: int = 8
+    access_log: bool = False
     clock: Clock = field(default=SYSTEM, compare=False)
 
     @property
@@ -123,5 +124,6 @@ class Settings:
             alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", 10_000, 100),
             alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", 30_000, 1),
             alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", 8, 1),
+            access_log=env.get("FLAGMETER_ACCESS_LOG", "") == "1",
             clock=clock_from_env(env),
         )

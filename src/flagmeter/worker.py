@@ -18,7 +18,8 @@ from .alerts import percent_used
 from .config import Settings
 from .delivery import Courier
 from .events import MAX_BATCH
-from .store import Store, StoreUnavailable
+from .ledger import LedgerInsert
+from .store import BatchResult, Store, StoreUnavailable
 from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,26 @@ QUOTA_RATIO_MAX_S = 30.0
 
 
 class Worker:
+    """Counts the stream into PostgreSQL; runs `courier` (the alert outbox's sender) beside it."""
+
     def __init__(
         self,
         settings: Settings,
         store: Store,
         stream: Stream,
+        courier: Courier,
         *,
         concurrency: int = 2,
     ) -> None:
         self.settings = settings
         self.store = store
         self.stream = stream
+        self.courier = courier
         self.concurrency = concurrency
+        self.ledger = LedgerInsert()  # this worker's guess at the ledger insert's form
         self._stopping = asyncio.Event()
         self._counted = asyncio.Event()  # a batch committed since the quota ratios were last read
         self._ratio_tenants: set[str] = set()
-        self.courier = Courier(settings, store)  # alert outbox delivery (issue 3)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -139,34 +144,45 @@ class Worker:
             metrics.worker_batch_duration.observe(time.perf_counter() - started)
 
     async def _write(self, entries: list[Entry]) -> None:
+        """Count `entries` in one transaction, then ack them; a batch that fails is counted entry by
+        entry, so one bad entry (left pending, dead-lettered after max deliveries) holds up no other."""
+        try:
+            result = await self._commit(entries)
+        except Exception as error:
+            if len(entries) == 1:
+                log.error("entry failed", extra={"entry": entries[0].id, "error": repr(error)})
+                return
+            log.warning("batch failed; counting entry by entry", extra={"error": repr(error)})
+            for entry in entries:
+                await self._write([entry])
+            return
+        if result is not None:
+            await self._acknowledge(entries, result)
+            self._observe(entries, result)
+
+    async def _commit(self, entries: list[Entry]) -> BatchResult | None:
+        """The counting transaction, retried with backoff while PostgreSQL is down; None when
+        stopping first (the entries stay pending for another worker)."""
         delay = 0.2
         while True:
             try:
-                result = await self.store.write_batch(
+                return await self.store.write_batch(
                     [event for e in entries for event in e.events or ()],
-                    slack_fallback=bool(self.settings.slack_webhook_url),
                     now=self.settings.clock.now(),
+                    ledger=self.ledger,
+                    slack_fallback=bool(self.settings.slack_webhook_url),
                 )
-                break
             except StoreUnavailable as error:
                 if self.stopping:
                     log.warning("stopping with a batch uncounted; it stays pending for another worker")
-                    return
+                    return None
                 log.warning(
                     "postgres unavailable; holding batch", extra={"error": str(error), "retry_in": delay}
                 )
                 await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
-            except Exception as error:
-                if len(entries) == 1:
-                    # Left pending: reclaimed after the idle timeout, dead-lettered after max deliveries.
-                    log.error("entry failed", extra={"entry": entries[0].id, "error": repr(error)})
-                    return
-                log.warning("batch failed; counting entry by entry", extra={"error": repr(error)})
-                for entry in entries:
-                    await self._write([entry])
-                return
 
+    async def _acknowledge(self, entries: list[Entry], result: BatchResult) -> None:
         unknown = _unknown_tenant_parts(entries, result.unknown_tenants)
         if unknown:
             # The rest of each such entry is counted: only the unknown tenants' events are set aside.
@@ -176,6 +192,8 @@ class Worker:
         # The same call moves the entries' tokens from pending to counted in the quota figures (tally.py).
         await self.stream.ack([e.id for e in entries if e.id not in unknown_ids], result.daily_totals)
 
+    def _observe(self, entries: list[Entry], result: BatchResult) -> None:
+        """Metrics and logs of a committed batch; wake the courier for the alerts it decided."""
         metrics.worker_events_counted.inc(result.counted)
         metrics.worker_events_duplicate.inc(result.duplicates)
         if result.recounted:

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from flagmeter.alerts import (
     RetryPolicy,
     crossed_thresholds,
+    delivery_targets,
+    disables_target,
     new_secret,
     outcome_of,
     parse_retry_after,
@@ -25,7 +27,7 @@ from flagmeter.alerts import (
     valid_secret,
     validate_thresholds,
 )
-from flagmeter.delivery import GuardedResolver, UnsafeAddress, forbidden_address, url_shape_problem
+from flagmeter.urls import GuardedResolver, UnsafeAddress, forbidden_address, url_shape_problem
 
 thresholds = st.lists(st.integers(1, 1000), max_size=10)
 
@@ -174,3 +176,25 @@ async def test_the_connect_time_resolver_refuses_names_that_resolve_privately() 
             await session.get("http://localhost:9/never-connected")
     assert isinstance(caught.value.__cause__, UnsafeAddress)
     assert (await GuardedResolver(allow_private=True).resolve("localhost", 443))[0]["port"] == 443
+
+
+@pytest.mark.parametrize(
+    ("slack_url", "webhook", "fallback", "targets"),
+    [
+        (True, True, False, ["slack", "webhook"]),
+        (False, True, False, ["webhook"]),
+        (False, False, True, ["slack"]),  # the service's fallback Slack webhook
+        (True, False, True, ["slack"]),  # once, not once per source
+        (False, False, False, []),
+    ],
+)
+def test_an_alert_goes_to_each_enabled_target_once(
+    slack_url: bool, webhook: bool, fallback: bool, targets: list[str]
+) -> None:
+    chosen = delivery_targets(slack_url_enabled=slack_url, webhook_enabled=webhook, slack_fallback=fallback)
+    assert chosen == targets
+
+
+@pytest.mark.parametrize(("status", "disabled"), [(410, True), (404, False), (500, False), (None, False)])
+def test_only_410_gone_switches_a_webhook_off(status: int | None, disabled: bool) -> None:
+    assert disables_target(status) is disabled

@@ -10,15 +10,20 @@ import secrets
 import shlex
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from flagmeter.localstack import free_port
+from stacklib import wait_until
+
+# How a test waits on a deployed stack: slower polls; a connection not yet accepted means "not yet".
+DEPLOYED: dict[str, Any] = {"ignoring": (OSError, urllib.error.URLError), "every": 0.5}
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -196,12 +201,6 @@ class Stack:
         ).strip()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_port_range(count: int) -> list[int]:
     """`count` consecutive ports free on 127.0.0.1, for a published range (one host port per replica)."""
     for _ in range(50):
@@ -215,18 +214,6 @@ def free_port_range(count: int) -> list[int]:
         except OSError:
             continue
     raise AssertionError(f"no {count} consecutive free ports")
-
-
-def wait_until(what: str, check: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @contextmanager
@@ -255,7 +242,7 @@ def running_stack(
     try:
         stack.compose("up", "-d", "--no-build", "--quiet-pull")
         for port in ports:
-            wait_until(f"GET :{port}/ready = 200", partial(stack.ready, port), 180)
+            wait_until(partial(stack.ready, port), 180, f"GET :{port}/ready = 200", **DEPLOYED)
         yield stack
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

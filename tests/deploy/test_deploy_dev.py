@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from deploy_support import DEV_FILE, PRODUCTION_FILE, REPO, free_port, running_stack, wait_until
+from deploy_support import DEPLOYED, DEV_FILE, PRODUCTION_FILE, REPO, free_port, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -36,5 +36,5 @@ def test_api_reloads_the_mounted_source_when_it_changes(
             status, served = stack.call("GET", "/openapi.json")
             return status == 200 and served["info"]["title"] == spec["info"]["title"]
 
-        wait_until("the API to serve the edited source", serves_new_title, 60)
+        wait_until(serves_new_title, 60, "the API to serve the edited source", **DEPLOYED)
         assert "source changed: restarting flagmeter api" in stack.compose("logs", "--no-color", "api")

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from deploy_support import PRODUCTION_FILE, Stack, running_stack, wait_until
+from deploy_support import DEPLOYED, PRODUCTION_FILE, Stack, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def test_two_api_replicas_and_two_workers_count_every_event_once(
             used: int = stack.call("GET", f"/v1/usage/{TENANT}")[1]["used"]
             return used == expected
 
-        wait_until("every event counted once", counted, 120)
+        wait_until(counted, 120, "every event counted once", **DEPLOYED)
         rows = stack.sql(f"SELECT count(*) FROM events WHERE tenant_id = '{TENANT}'")
         assert rows == str(BATCHES * BATCH)
         per_worker = [counted_by_worker(stack, index) for index in (1, 2)]

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from deploy_support import APP_IMAGE, PRODUCTION_FILE, Stack, run, running_stack, wait_until
+from deploy_support import APP_IMAGE, DEPLOYED, PRODUCTION_FILE, Stack, run, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -50,7 +50,9 @@ class Ledger:
 
     def wait_for_more(self, batches: int, errors: list[BaseException]) -> None:
         target = self.batches + batches
-        wait_until(f"{batches} more accepted batches", lambda: self.batches >= target or bool(errors), 60)
+        wait_until(
+            lambda: self.batches >= target or bool(errors), 60, f"{batches} more accepted batches", **DEPLOYED
+        )
 
     def by_feature(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -172,8 +174,10 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
         ledger.wait_for_more(10, errors)
         started = worker_started_at(deployed)
         interrupt(deployed)
-        wait_until("worker restarted", partial(worker_restarted, deployed, started), 60)
-        wait_until("worker healthy again", lambda: "(healthy)" in deployed.compose("ps", "worker"), 90)
+        wait_until(partial(worker_restarted, deployed, started), 60, "worker restarted", **DEPLOYED)
+        wait_until(
+            lambda: "(healthy)" in deployed.compose("ps", "worker"), 90, "worker healthy again", **DEPLOYED
+        )
     ledger.wait_for_more(10, errors)
     stop.set()
     for thread in loaders:
@@ -191,8 +195,8 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
         length = deployed.compose("exec", "-T", "valkey", "valkey-cli", "XLEN", "flagmeter:events")
         return length.strip() == "0"
 
-    wait_until("every accepted event counted", counted, 150)
-    wait_until("the stream drained", stream_drained, 60)
+    wait_until(counted, 150, "every accepted event counted", **DEPLOYED)
+    wait_until(stream_drained, 60, "the stream drained", **DEPLOYED)
     status, usage = deployed.call("GET", f"/v1/usage/{TENANT}")
     assert status == 200
     assert usage["by_feature"] == expected

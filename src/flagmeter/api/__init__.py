@@ -11,9 +11,10 @@ from .. import metrics
 from ..config import Settings
 from ..store import Store
 from ..stream import Stream
-from . import alerts, dashboard, events, health, reservations, tenants, usage
-from .auth import Directory, FailureThrottle
+from . import alert_settings, dashboard, health, ingest, reservations, tenants, usage
+from .auth import Directory
 from .errors import error_middleware
+from .signin import FailureThrottle
 
 MAX_BODY = 1024 * 1024
 
@@ -28,8 +29,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.router.add_routes(
         [
-            web.post("/v1/events", events.post_events),
-            web.post("/events", events.post_events),
+            web.post("/v1/events", ingest.post_events),
+            web.post("/events", ingest.post_events),
             web.get("/v1/usage/{tenant}", usage.get_usage),
             web.get("/usage/{tenant}", usage.get_usage),
             web.get("/v1/usage/{tenant}/series", usage.get_series),
@@ -50,7 +51,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/metrics", health.metrics_endpoint),
             web.get("/openapi.json", health.openapi),
             # alerts and the dashboard (issue 3)
-            web.get("/v1/tenants/{tenant}/alerts", alerts.list_alerts),
+            web.get("/v1/tenants/{tenant}/alerts", alert_settings.list_alerts),
             web.get("/", dashboard.overview),
             web.post("/login", dashboard.login),
             web.post("/logout", dashboard.logout),

@@ -31,9 +31,9 @@ from ..periods import Period
 from ..store import AlertRecord, CurrentUsage, Tenant
 from ..stream import StreamUnavailable
 from ..tally import Hold, Tally
-from .alerts import alert_json
-from .auth import FailureThrottle, client_address
+from .alert_settings import alert_json
 from .errors import ApiError, json_response
+from .signin import FailureThrottle, client_address
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ log = logging.getLogger("flagmeter.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-ACCESS_LOG_ALL = os.environ.get("FLAGMETER_ACCESS_LOG", "") == "1"
 
 
 class ApiError(Exception):
@@ -95,7 +94,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     elapsed = time.perf_counter() - started
     route = _route(request)
     metrics.http_request_duration.labels(route, request.method, str(response.status)).observe(elapsed)
-    if response.status >= 400 or ACCESS_LOG_ALL:
+    if response.status >= 400 or request.app["settings"].access_log:
         level = logging.ERROR if response.status >= 500 else logging.INFO
         log.log(
             level,

@@ -9,9 +9,10 @@ from aiohttp import web
 
 from ..clock import rfc3339
 from ..events import TENANT_ID
+from ..keys import new_key
 from ..store import ApiKey, Conflict, Tenant
-from . import alerts as alert_settings
-from .auth import new_key, require_admin
+from . import alert_settings
+from .auth import require_admin
 from .errors import ApiError, json_response, read_json
 
 MAX_QUOTA = 10**15

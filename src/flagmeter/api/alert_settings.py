@@ -9,8 +9,8 @@ from aiohttp import web
 
 from ..alerts import new_secret, valid_secret, validate_thresholds
 from ..clock import rfc3339
-from ..delivery import url_problem
 from ..store import AlertRecord, AlertSettings, AlertSettingsChange, AttemptRecord
+from ..urls import url_problem
 from .auth import require_admin
 from .errors import ApiError, json_response
 

@@ -1,0 +1,220 @@
+"""Counting a batch exactly once: the ledger, raw events, rollups, daily and period totals, and
+the alerts the batch crosses, in ONE transaction; the events table's partitions and pruning."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import psycopg2.errors
+
+from ..alerts import Alert
+from ..events import Event
+from ..ledger import LedgerInsert
+from ..periods import period_containing
+from ..quota import day_field, day_of
+from .base import Database, int_array, ms_to_datetime, text_array
+from .outbox import decide_alerts
+
+PARTITION = re.compile(r"events_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch changed: counted (new) events and tokens per tenant."""
+
+    counted: int
+    duplicates: int
+    tokens_by_tenant: dict[str, int]
+    unknown_tenants: frozenset[str]
+    alerts: tuple[Alert, ...] = ()  # decided in the batch's transaction (issue 3)
+    known_ids: int = 0  # of the duplicates, those already in the ledger (not repeated in the batch)
+    recounted: bool = False  # the all-new insert met a known id; counted again, skipping known ids
+    # Absolute (quota.day_field(tenant, day), tokens) of every tenant-day the batch touched, read after
+    # its counting statement in the same transaction (see `_write_batch`).
+    daily_totals: tuple[tuple[str, int], ...] = ()
+
+
+class CountingStore(Database):
+    async def write_batch(
+        self, events: Sequence[Event], *, now: datetime, ledger: LedgerInsert, slack_fallback: bool = False
+    ) -> BatchResult:
+        """Count a batch exactly once, in ONE transaction.
+
+        The dedup ledger's primary key decides which events are new; only those reach `events`,
+        the rollups and the totals. A concurrent worker holding the same event id blocks on the
+        ledger row and then skips it. Quota alerts for the counted tenants are decided in the same
+        transaction (outbox.decide_alerts). `ledger` chooses the insert's form (flagmeter.ledger).
+        """
+        recounted = False
+        if ledger.plain_first:
+            try:
+                return await self._write_batch(events, WRITE_NEW_BATCH_SQL, slack_fallback, now)
+            except psycopg2.errors.UniqueViolation:
+                ledger.met_known_id()  # rolled back: nothing of it was counted
+                recounted = True
+        result = await self._write_batch(events, WRITE_BATCH_SQL, slack_fallback, now)
+        ledger.counted(result.known_ids)
+        return replace(result, recounted=recounted)
+
+    async def _write_batch(
+        self, events: Sequence[Event], sql: str, slack_fallback: bool, now: datetime
+    ) -> BatchResult:
+        tenant_ids = sorted({event.tenant for event in events})
+        async with self._cursor(transaction=True) as cur:
+            # KEY SHARE keeps a billing-day change (FOR UPDATE) from interleaving with this batch.
+            await cur.execute(
+                "SELECT id, billing_day FROM tenants WHERE id = ANY(%s) FOR KEY SHARE", (tenant_ids,)
+            )
+            billing_days = dict(await cur.fetchall())
+            known = [event for event in events if event.tenant in billing_days]
+            unknown = frozenset(set(tenant_ids) - set(billing_days))
+            if not known:
+                return BatchResult(0, 0, {}, unknown)
+            # The first of each id within the batch, in (tenant, id) order: concurrent workers then
+            # take the ledger's row locks in the same order and cannot deadlock. Grouped by tenant, the
+            # sort compares strings, not tuples (half the cost).
+            by_tenant: dict[str, dict[str, Event]] = {}
+            for event in known:
+                by_tenant.setdefault(event.tenant, {}).setdefault(event.id, event)
+            batch = [ids[i] for _, ids in sorted(by_tenant.items()) for i in sorted(ids)]
+            period_ms = _period_starts(batch, billing_days)
+            await cur.execute(
+                sql,
+                (
+                    text_array([e.tenant for e in batch]),
+                    text_array([e.id for e in batch]),
+                    text_array([e.feature for e in batch]),
+                    int_array([e.tokens for e in batch]),
+                    int_array([e.occurred_ms for e in batch]),
+                    int_array([e.received_ms for e in batch]),
+                    int_array(period_ms),
+                ),
+            )
+            rows = await cur.fetchall()
+            # Read in a statement of its own: its snapshot holds any batch this one waited for on the
+            # ledger, so the totals include every event of these entries, counted here or before.
+            days = sorted({(e.tenant, day_of(e.occurred_ms)) for e in batch})
+            await cur.execute(
+                "SELECT d.tenant_id, d.day::text, d.tokens FROM daily_totals d"
+                " JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)",
+                (text_array([t for t, _ in days]), text_array([d for _, d in days])),
+            )
+            daily = tuple((day_field(t, d), int(n)) for t, d, n in await cur.fetchall())
+            alerts = await decide_alerts(cur, [r[0] for r in rows], now, slack_fallback)
+        tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
+        counted = sum(int(n) for _, n, _ in rows)
+        return BatchResult(
+            counted,
+            len(known) - counted,
+            tokens_by_tenant,
+            unknown,
+            tuple(alerts),
+            len(batch) - counted,
+            daily_totals=daily,
+        )
+
+    async def daily_totals_since(self, day: str) -> list[tuple[str, int]]:
+        """Every tenant's absolute (day field, tokens) from `day` (YYYY-MM-DD) on: the cold rebuild."""
+        rows = await self._all(
+            "SELECT tenant_id, day::text, tokens FROM daily_totals WHERE day >= %s::date", (day,)
+        )
+        return [(day_field(tenant, d), int(tokens)) for tenant, d, tokens in rows]
+
+    async def ensure_partitions(self, now: datetime) -> None:
+        """Monthly partitions of `events` from two months before `now`'s to three after."""
+        await self._all("SELECT flagmeter_ensure_event_partitions(2, 3, %s)", (now,))
+
+    async def prune(self, keep_days: int, now: datetime) -> tuple[int, list[str]]:
+        """Drop month partitions wholly older than `keep_days` and ledger rows past 40 days."""
+        dropped: list[str] = []
+        async with self._cursor() as cur:
+            await cur.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'"
+            )
+            cutoff = now.timestamp() - keep_days * 86400
+            for (name,) in await cur.fetchall():
+                match = PARTITION.fullmatch(name)
+                if match is None:
+                    continue
+                year, month = int(match["year"]), int(match["month"])
+                end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)  # the month after
+                if end.timestamp() < cutoff:
+                    await cur.execute(f'DROP TABLE "{name}"')
+                    dropped.append(name)
+            await cur.execute("DELETE FROM event_ids WHERE received_at < now() - interval '40 days'")
+            return int(cur.rowcount), dropped
+
+
+def _period_starts(events: Iterable[Event], billing_days: dict[str, int]) -> list[int]:
+    """Period start (epoch ms) per event; memoised per (billing day, UTC day)."""
+    memo: dict[tuple[int, int], int] = {}
+    starts = []
+    for event in events:
+        day = billing_days[event.tenant]
+        key = (day, event.occurred_ms // 86_400_000)
+        start = memo.get(key)
+        if start is None:
+            start = int(period_containing(ms_to_datetime(event.occurred_ms), day).start.timestamp() * 1000)
+            memo[key] = start
+        starts.append(start)
+    return starts
+
+
+# Counting one batch in one statement. Times travel as epoch milliseconds and become timestamps
+# per row only where a row is stored; rollups and totals group on integers, converting per group.
+# Both forms define `counted` from what the ledger took, so the ledger insert runs first; the other
+# inserts follow when the statement ends (totals, rollups, events). Every worker thus takes ledger
+# keys, then totals rows, then rollup rows, each in key order, and two workers cannot deadlock.
+_COUNT_SQL = """
+WITH input AS (
+    SELECT * FROM unnest(
+        %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
+    ) AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms)
+), ledger AS (
+    INSERT INTO event_ids (tenant_id, event_id, received_at)
+    SELECT tenant_id, event_id, to_timestamp(received_ms / 1000::float8) FROM input
+    {ledger}
+), counted AS (
+    {counted}
+), stored AS (
+    INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
+    SELECT tenant_id, event_id, feature, tokens,
+           to_timestamp(occurred_ms / 1000::float8), to_timestamp(received_ms / 1000::float8)
+    FROM counted
+), rolled AS (
+    INSERT INTO rollups AS r (tenant_id, feature, minute, tokens, events)
+    SELECT tenant_id, feature, to_timestamp(minute * 60), sum(tokens), count(*)
+    FROM (SELECT tenant_id, feature, occurred_ms / 60000 AS minute, tokens FROM counted) AS c
+    GROUP BY tenant_id, feature, minute ORDER BY tenant_id, feature, minute
+    ON CONFLICT (tenant_id, feature, minute)
+    DO UPDATE SET tokens = r.tokens + excluded.tokens, events = r.events + excluded.events
+), dailied AS (
+    INSERT INTO daily_totals AS d (tenant_id, day, tokens)
+    SELECT tenant_id, (to_timestamp(day * 86400) AT TIME ZONE 'UTC')::date, sum(tokens)
+    FROM (SELECT tenant_id, occurred_ms / 86400000 AS day, tokens FROM counted) AS c
+    GROUP BY tenant_id, day ORDER BY tenant_id, day
+    ON CONFLICT (tenant_id, day) DO UPDATE SET tokens = d.tokens + excluded.tokens
+), totalled AS (
+    INSERT INTO period_totals AS p (tenant_id, period_start, feature, tokens, events)
+    SELECT tenant_id, to_timestamp(period_ms / 1000::float8), feature, sum(tokens), count(*)
+    FROM counted GROUP BY tenant_id, period_ms, feature ORDER BY tenant_id, period_ms, feature
+    ON CONFLICT (tenant_id, period_start, feature)
+    DO UPDATE SET tokens = p.tokens + excluded.tokens, events = p.events + excluded.events
+)
+SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenant_id
+"""
+# A plain insert: any id already in the ledger fails the whole statement (unique_violation), so
+# when it succeeds, every row of `input` is new. No speculative insertion, no join.
+WRITE_NEW_BATCH_SQL = _COUNT_SQL.format(
+    ledger="RETURNING 1",
+    counted="SELECT * FROM input WHERE (SELECT count(*) FROM ledger) = (SELECT count(*) FROM input)",
+)
+# Known ids are skipped: only what the ledger took is counted.
+WRITE_BATCH_SQL = _COUNT_SQL.format(
+    ledger="ON CONFLICT DO NOTHING RETURNING tenant_id, event_id",
+    counted="SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)",
+)
