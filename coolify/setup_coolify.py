@@ -137,7 +137,7 @@ def application_settings(args: argparse.Namespace) -> dict[str, Any]:
         "git_branch": args.branch,
         "build_pack": "dockercompose",
         "base_directory": "/",
-        "docker_compose_location": COMPOSE_LOCATION,
+        "docker_compose_location": args.compose_location,
         "is_auto_deploy_enabled": True,
         "is_preview_deployments_enabled": True,
         "preview_url_template": args.preview_template,
@@ -213,6 +213,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--environment", default="production")
     parser.add_argument("--name", default="flagmeter", help="application name")
     parser.add_argument("--server", help="server name or uuid (needed when the instance has several)")
+    parser.add_argument(
+        "--compose-location",
+        default=COMPOSE_LOCATION,
+        help="the compose file Coolify deploys, from the repository root",
+    )
     parser.add_argument("--domain", help="public URL of the API, e.g. https://meter.example.com")
     parser.add_argument(
         "--preview-template", default="{{pr_id}}.{{domain}}", help="preview URL template (Coolify syntax)"
