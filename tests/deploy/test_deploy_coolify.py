@@ -5,6 +5,7 @@ coolify/docker-compose.yml on the local engine, production and a preview."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from coolify_support import (
     running_standin,
     setup_coolify,
 )
-from deploy_support import run, wait_until
+from deploy_support import POSTGRES_IMAGE, run, wait_until
 
 # PostgreSQL's host directory (hetzner_volume_postgres_data_dir), below the stand-in server's root.
 DATA_DIR = "mnt/flagmeter-data/postgres"
@@ -103,9 +104,11 @@ def test_the_stand_in_refuses_fields_coolify_does_not_accept(standin: StandIn) -
     assert (status, answer["errors"]) == (422, {"colour": ["This field is not allowed."]})
 
 
-def routed_url(standin: StandIn, uuid: str, service: str) -> str:
-    """Where the stand-in's proxy publishes the service that has the domain (Traefik's route on Coolify)."""
-    name = run("docker", "ps", "-q", "--filter", f"name=^{service}-{uuid}$").stdout.strip()
+def routed_url(uuid: str, pr: int = 0) -> str:
+    """Where the stand-in's proxy publishes the api, the service with the domain (Traefik's route on Coolify);
+    its container is api-<uuid>, api-<uuid>-pr-<id> in a preview."""
+    container = f"api-{uuid}" + (f"-pr-{pr}" if pr else "")
+    name = run("docker", "ps", "-q", "--filter", f"name=^{container}$").stdout.strip()
     port = run("docker", "port", name, "8080/tcp").stdout.split(":")[-1].strip()
     return f"http://127.0.0.1:{port}"
 
@@ -138,7 +141,12 @@ def ready(base: str) -> bool:
 def test_coolify_deploys_production_and_a_preview_on_the_volume(standin: StandIn, app_image: str) -> None:
     """/ready 200 and an event counted, PG_VERSION under the volume's data directory; PR 42 starts empty in
     postgres-pr-42 beside it, production untouched; a redeploy keeps the generated secrets and the data."""
-    (standin.host_root / DATA_DIR).mkdir(parents=True, mode=0o700)  # what the hetzner_volume role prepares
+    # What the hetzner_volume role prepares: the directory, 0700, owned by the image's postgres user.
+    data_dir = standin.host_root / DATA_DIR
+    data_dir.mkdir(parents=True, mode=0o700)
+    owner = run("docker", "run", "--rm", "--entrypoint", "id", POSTGRES_IMAGE, "-u", "postgres").stdout
+    group = run("docker", "run", "--rm", "--entrypoint", "id", POSTGRES_IMAGE, "-g", "postgres").stdout
+    os.chown(data_dir, int(owner), int(group))
     assert setup_coolify(standin.url).returncode == 0
     uuid = standin.application()["uuid"]
     try:
@@ -150,13 +158,13 @@ def test_coolify_deploys_production_and_a_preview_on_the_volume(standin: StandIn
             "SERVICE_PASSWORD_64_ADMIN",
         }
         admin = secrets[("SERVICE_PASSWORD_64_ADMIN", False)]
-        production = routed_url(standin, uuid, "api")
+        production = routed_url(uuid)
         wait_until("production /ready = 200", lambda: ready(production), 180)
         count_event(production, admin, "acme", 42)
         assert (standin.host_root / DATA_DIR / "17/docker/PG_VERSION").read_text().strip() == "17"
 
         standin.deploy(uuid, pr=42)
-        preview = routed_url(standin, uuid, "api-pr-42")
+        preview = routed_url(uuid, pr=42)
         wait_until("preview /ready = 200", lambda: ready(preview), 180)
         assert api_call(preview, "GET", "/v1/tenants", admin) == (200, {"tenants": []})
         assert (standin.host_root / f"{DATA_DIR}-pr-42/17/docker/PG_VERSION").is_file()
