@@ -44,6 +44,8 @@ class Coolify:
         self.base_url = base_url.rstrip("/") + "/api/v1"
         self.token = token
         self.dry_run = dry_run
+        # Whether this run wrote (or, with --dry-run, would write) anything.
+        self.changed = False
 
     def request(self, method: str, path: str, body: Any = None, *, writes: bool | None = None) -> Any:
         """One API call; with --dry-run the writes (every method but GET, unless told) are only printed."""
@@ -71,6 +73,7 @@ class Coolify:
 
     def report(self, done: str) -> None:
         """Say what a write did; with --dry-run the "would ..." line already said it."""
+        self.changed = True
         if not self.dry_run:
             print(done)
 
@@ -225,6 +228,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--github-app", help="uuid of a GitHub App in Coolify, for a private repository")
     parser.add_argument("--deploy", action="store_true", help="start a deployment at the end")
     parser.add_argument(
+        "--deploy-if-changed",
+        action="store_true",
+        help="start a deployment at the end only when this run created or changed something",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="read, but print the writes instead of sending"
     )
     return parser.parse_args(argv)
@@ -243,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_environment(api, project, args.environment)
         uuid = ensure_application(api, args, project, server)
         set_variables(api, uuid)
-        if args.deploy:
+        if args.deploy or (args.deploy_if_changed and api.changed):
             api.request("GET", f"/deploy?uuid={uuid}", writes=True)
             api.report("deployment queued")
     except CoolifyError as error:

@@ -75,6 +75,17 @@ def test_a_second_run_changes_nothing(standin: StandIn) -> None:
     assert "up to date" in again.stdout
 
 
+def test_deploy_if_changed_deploys_after_a_change_and_not_after_a_run_that_changed_nothing(
+    standin: StandIn,
+) -> None:
+    first = setup_coolify(standin.url, "--dry-run", "--deploy-if-changed")
+    assert first.stdout.splitlines()[-1].startswith("would GET /deploy?uuid=")
+    assert setup_coolify(standin.url).returncode == 0
+    again = setup_coolify(standin.url, "--dry-run", "--deploy-if-changed")
+    assert again.returncode == 0, again.stderr
+    assert "would" not in again.stdout
+
+
 def test_a_wrong_token_is_one_error_line_and_exit_1(standin: StandIn) -> None:
     result = setup_coolify(standin.url, token="not-a-token")
     assert result.returncode == 1
