@@ -67,6 +67,8 @@ def test_site_playbook_provisions_a_fresh_host_end_to_end(
     hetzner_volumes: dict[str, str],
     stack_images_archive: str,
 ) -> None:
-    """Ends with /ready answering 200 inside the host and an event posted and counted (verify.yml)."""
+    """The default path: the Coolify stand-in in place of Coolify's installer, the coolify role's application
+    step deploying FlagMeter through it; ends with /ready answering 200 inside the host, an event posted and
+    counted, and PostgreSQL's data on the volume (verify.yml)."""
     volumes = {**hetzner_volumes, "FLAGMETER_STACK_IMAGES_ARCHIVE": stack_images_archive}
     molecule_test("playbooks", "site", ansible_env, fresh_host_image, volumes)
