@@ -1,10 +1,12 @@
-"""Every role types its inputs: meta/argument_specs.yml names each variable of defaults/main.yml with the
-type and default found there, so a wrong variable type fails before any task runs."""
+"""Every role types and documents its inputs: meta/argument_specs.yml names each variable of defaults/main.yml
+with the type and default found there, so a wrong variable type fails before any task runs, and the role's
+README lists each one with that default and the spec's description, so neither can drift."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,25 @@ def test_argument_specs_type_every_default_with_its_value(role: str) -> None:
         assert specs[name]["type"] == TYPES[type(value)], name
         assert specs[name]["default"] == value, name
         assert specs[name]["description"], name
+
+
+def readme_variables(role: str) -> dict[str, tuple[object, str]]:
+    """The README's variable table: each row's variable, its default (YAML) and its meaning."""
+    rows = {}
+    for line in (REPO / "roles" / role / "README.md").read_text().splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 3 and re.fullmatch(r"`\w+`", cells[0]):
+            rows[cells[0].strip("`")] = (yaml.safe_load(cells[1].strip("`")), cells[2])
+    return rows
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_readme_lists_every_default_with_its_value_and_meaning(role: str) -> None:
+    documented = readme_variables(role)
+    assert list(documented) == list(defaults(role))
+    specs = options(role)
+    for name, value in defaults(role).items():
+        assert documented[name] == (value, specs[name]["description"]), name
 
 
 def test_a_wrong_variable_type_fails_before_any_task_runs(tmp_path: Path) -> None:
