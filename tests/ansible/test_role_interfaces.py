@@ -57,6 +57,11 @@ def test_readme_lists_every_default_with_its_value_and_meaning(role: str) -> Non
         assert documented[name] == (value, specs[name]["description"]), name
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_readme_says_how_to_run_the_role_s_scenario_alone(role: str) -> None:
+    assert f"cd roles/{role} && molecule test" in (REPO / "roles" / role / "README.md").read_text()
+
+
 def test_a_wrong_variable_type_fails_before_any_task_runs(tmp_path: Path) -> None:
     play = tmp_path / "play.yml"
     play.write_text(
