@@ -164,6 +164,21 @@ def memory_limits(compose_file: str) -> list[MemoryLimit]:
     return limits
 
 
+def call_json(url: str, method: str, token: str, body: Any = None) -> tuple[int, Any]:
+    """One JSON request with a bearer token: the status and the decoded answer, errors included."""
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
 @dataclass
 class Stack:
     project: str
@@ -180,17 +195,7 @@ class Stack:
 
     def call(self, method: str, path: str, body: Any = None, port: int | None = None) -> tuple[int, Any]:
         """One API request as the admin, to the first published port unless told."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port or self.api_ports[0]}{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+        return call_json(f"http://127.0.0.1:{port or self.api_ports[0]}{path}", method, ADMIN_TOKEN, body)
 
     def ready(self, port: int) -> bool:
         return self.call("GET", "/ready", port=port)[0] == 200

@@ -71,7 +71,7 @@ def test_postgres_major_is_pinned_and_data_is_on_the_volume_mount(docker_engine:
     [volume] = postgres["volumes"]
     assert (volume["type"], volume["source"], volume["target"]) == (
         "bind",
-        "/mnt/flagmeter-pg",
+        "/mnt/flagmeter-data/postgres",
         "/var/lib/postgresql",
     )
     assert postgres["environment"]["PGDATA"].startswith("/var/lib/postgresql/17/")

@@ -34,10 +34,11 @@ if [ -z "$mirror" ]; then
 fi
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
 
-# What the roles install; cached as .debs, not installed.
+# What the roles install, and python3-aiohttp for the site scenario's Coolify stand-in
+# (tests/coolify_standin/); cached as .debs, not installed.
 cached="docker.io docker-cli docker-compose containerd runc tini iptables nftables fail2ban python3-systemd
  unattended-upgrades apt-listchanges systemd-timesyncd openssh-server e2fsprogs curl ca-certificates
- python3-yaml python3-requests"
+ python3-yaml python3-requests python3-aiohttp"
 base="systemd,systemd-sysv,python3,python3-apt,dbus,procps,iproute2,util-linux,mount,kmod,sudo"
 
 root=$(mktemp -d /var/tmp/debian13-rootfs.XXXXXX)
