@@ -1,9 +1,9 @@
 """The framework floor: aiohttp on uvloop answering POST /v1/events with 202 and nothing else.
 
-bench/run.py drives it with bench/floor.js before the real steps. What this costs per request on the
-machine, and how fast k6 can drive it there, is the least any aiohttp service can cost: it sets
-FlagMeter's own per-request CPU in proportion, and shows whether a rate is reachable at all when the
-load generator shares the cores.
+bench/run.py drives it with wrk (bench/load.lua, KIND=post) before the real steps. What this costs
+per request on the machine, and how fast the generator can drive it there, is the least any aiohttp
+service can cost: it sets FlagMeter's own per-request CPU in proportion, and shows whether a rate is
+reachable at all when the load generator shares the cores.
 
     python bench/floor.py PORT
 """
