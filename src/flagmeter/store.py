@@ -10,7 +10,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -70,6 +70,7 @@ class BatchResult:
     alerts: tuple[Alert, ...] = ()  # decided in the batch's transaction (issue 3)
     known_ids: int = 0  # of the duplicates, those already in the ledger (not repeated in the batch)
     recounted: bool = False  # the all-new insert met a known id; counted again, skipping known ids
+    usage_versions: dict[str, int] = field(default_factory=dict)  # the batch's tenants' new versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class CurrentUsage:
     tenant: Tenant
     period: Period
     by_feature: dict[str, int]
+    version: int = 0  # tenants.usage_version in the same snapshot (see migration 0005)
 
     @property
     def used(self) -> int:
@@ -235,8 +237,10 @@ class Store:
                 return None
             if columns:
                 assignments = ", ".join(f"{name} = %s" for name in columns)
+                # A new quota or billing day changes the usage answer: its cached copies go stale.
                 await cur.execute(
-                    f"UPDATE tenants SET {assignments}, updated_at = now() WHERE id = %s",
+                    f"UPDATE tenants SET {assignments}, updated_at = now(),"
+                    " usage_version = usage_version + 1 WHERE id = %s",
                     (*columns.values(), tenant_id),
                 )
             if "slack_webhook_url" in changes:
@@ -330,10 +334,12 @@ class Store:
 
         The tenant's billing day and its period totals come from one statement, hence one snapshot:
         a billing-day change (which regroups the totals in its transaction) shows either the old
-        period with the old totals or the new period with the new ones, never a mix.
+        period with the old totals or the new period with the new ones, never a mix. The usage
+        version comes from the same snapshot.
         """
         rows = await self._all(
-            f"SELECT {TENANT_COLUMNS}, p.period_start, p.feature, p.tokens FROM {TENANT_FROM}"
+            f"SELECT {TENANT_COLUMNS}, p.period_start, p.feature, p.tokens, t.usage_version"
+            f" FROM {TENANT_FROM}"
             " LEFT JOIN period_totals p ON p.tenant_id = t.id"
             "  AND p.period_start > %s::timestamptz - interval '32 days' AND p.period_start <= %s"
             " WHERE %s::text IS NULL OR t.id = %s",
@@ -345,7 +351,7 @@ class Store:
             if usage is None:
                 tenant = _tenant(row)
                 usage = found[tenant.id] = CurrentUsage(
-                    tenant, period_containing(now, tenant.billing_day), {}
+                    tenant, period_containing(now, tenant.billing_day), {}, int(row[9])
                 )
             period_start, feature, tokens = row[6:9]
             if period_start == usage.period.start:
@@ -439,11 +445,21 @@ class Store:
                 ),
             )
             rows = await cur.fetchall()
+            # Every known tenant of the batch, counted or not: a batch counted before a crash left the
+            # versions in Redis behind; counted again (all duplicates), it brings them up to date.
+            await cur.execute(BUMP_USAGE_VERSIONS_SQL, (sorted(billing_days),))
+            versions = {tenant: int(version) for tenant, version in await cur.fetchall()}
             alerts = await _decide_alerts(cur, [r[0] for r in rows], now, slack_fallback)
         tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
         counted = sum(int(n) for _, n, _ in rows)
         return BatchResult(
-            counted, len(known) - counted, tokens_by_tenant, unknown, tuple(alerts), len(batch) - counted
+            counted,
+            len(known) - counted,
+            tokens_by_tenant,
+            unknown,
+            tuple(alerts),
+            len(batch) - counted,
+            usage_versions=versions,
         )
 
     async def ensure_partitions(self, now: datetime) -> None:
@@ -671,6 +687,16 @@ WRITE_BATCH_SQL = _COUNT_SQL.format(
     ledger="ON CONFLICT DO NOTHING RETURNING tenant_id, event_id",
     counted="SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)",
 )
+
+
+# After the counting statement, in its transaction. Row locks in id order: concurrent batches of
+# overlapping tenants wait for each other here, never in a cycle.
+BUMP_USAGE_VERSIONS_SQL = """
+UPDATE tenants t SET usage_version = t.usage_version + 1
+FROM (SELECT id FROM tenants WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE) AS locked
+WHERE t.id = locked.id
+RETURNING t.id, t.usage_version
+"""
 
 
 # -- migrations ---------------------------------------------------------------------------

@@ -177,6 +177,8 @@ class Worker:
             await self.stream.dead_letter_entries(unknown, "unknown_tenant")
             metrics.dead_letter_total.labels("unknown_tenant").inc(len(unknown))
         unknown_ids = {e.id for e in unknown}
+        # Before the ack: should this fail, the entries are counted again (as duplicates) and raise it.
+        await self.stream.raise_usage_versions(result.usage_versions)
         await self.stream.ack([e.id for e in entries if e.id not in unknown_ids])
 
         metrics.worker_events_counted.inc(result.counted)
