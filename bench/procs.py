@@ -141,7 +141,8 @@ class ResourceSampler:
             for pid in alive:
                 cpu = _cpu_seconds(pid)
                 if pid not in self._cpu_first[role]:
-                    self._titles[pid] = _title(pid)
+                    # the API's processes share its command line: name the supervisor
+                    self._titles[pid] = ("(root) " if pid == root else "") + _title(pid)
                 self._cpu_first[role].setdefault(pid, cpu)
                 self._cpu_last[role][pid] = max(cpu, self._cpu_last[role].get(pid, 0.0))
         service = rss.get("api", 0) + rss.get("worker", 0)
