@@ -55,6 +55,7 @@ MIX_RATES = (500, 1500, 2500, 3000)
 # requests/s of 550 events: ~22k, ~83k and ~100k events/s
 BATCH_RATES = (40, 150, 182)
 FLOOR_RATE = 3000
+FLOOR_MODES = ("server", "app", "middleware")  # see bench/floor.py
 DRAIN_TIMEOUT_S = 30  # a step whose events are not all counted by then saturated the worker
 
 # Issue 15's targets; reported against, never asserted.
@@ -83,10 +84,10 @@ def plan(step_s: int, processes: int) -> list[Step]:
     return [warmup, *mix, *batch]
 
 
-def measure_floor(seconds: int, rate: int) -> dict[str, Any]:
+def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
     """bench/floor.py (aiohttp answering 202, nothing else) under wrk: the least a request can cost here."""
     port = free_port()
-    app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port)])
+    app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), mode])
     try:
         wait_port(port, 30)
         with ResourceSampler({"floor": app.pid}) as sampler:
@@ -98,6 +99,7 @@ def measure_floor(seconds: int, rate: int) -> dict[str, Any]:
         app.wait(10)
     requests = load.completed or 1
     return {
+        "mode": mode,
         "offered_rps": rate,
         "achieved_rps": _round(load.achieved_rps),
         "latency_ms": load.latency_ms(),
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", default="", help="comma-separated step names to record with py-spy")
     parser.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
-    parser.add_argument("--no-floor", action="store_true", help="skip the aiohttp floor (saves ~15 s)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the aiohttp floors (saves ~40 s)")
     parser.add_argument("--output", type=Path, help="result JSON (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
 
@@ -329,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] {describe(calibration['before'])}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    floor = None
+    floors = []
     if not args.no_floor:
-        print(f"[bench] floor: bench/floor.py at {FLOOR_RATE}/s", file=sys.stderr)
-        floor = measure_floor(5 if args.quick else 10, FLOOR_RATE)
+        for mode in FLOOR_MODES:
+            print(f"[bench] floor: bench/floor.py {mode} at {FLOOR_RATE}/s", file=sys.stderr)
+            floors.append(measure_floor(5 if args.quick else 10, FLOOR_RATE, mode))
     run_dir = ROOT / ".run" / f"bench-{stamp}"
     with running_stack(run_dir, args.processes) as stack:
         probe_tenant = f"bench-probe-{stamp.lower()}"
@@ -360,17 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration,
         "machine": machine(),
         "plan": [asdict(step) for step in steps],
-        "floor": floor,
+        "floor": floors,
         "skipped": skipped,
         "steps": results,
         "targets": against_targets(results),
     }
     output.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{describe(calibration['before'])}; after the run: {calibration['after']['min_us']} us")
-    if floor:
+    for floor in floors:
         print(
-            f"floor (aiohttp 202, nothing else): {floor['achieved_rps']}/s of {floor['offered_rps']}/s,"
-            f" p99 {floor['latency_ms']['p99']} ms, {floor['server_cpu_us_per_request']} us server CPU and"
+            f"floor {floor['mode']:>10} (aiohttp 202, nothing else): {floor['achieved_rps']}/s of"
+            f" {floor['offered_rps']}/s, p99 {floor['latency_ms']['p99']} ms,"
+            f" {floor['server_cpu_us_per_request']} us server CPU and"
             f" {floor['generator_cpu_us_per_request']} us generator CPU per request"
         )
     print(table(results))
