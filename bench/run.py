@@ -286,18 +286,22 @@ def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
         s for s in steps
         if s["kind"] == "batch" and (s["counted_events_per_s"] or 0) >= TARGET_BATCH_EPS
         and (s["lag"]["p99_ms"] or 1e9) <= TARGET_LAG_P99_MS and s["all_counted"]
-        and (s["cpu_us_per_event"]["service"] or 1e9) <= TARGET_SERVICE_US_PER_EVENT
     ]  # fmt: skip
-    # memory counts at the target rates, met or not: the mix from the CPU step up, batches from ~100k/s
-    at_target = [s for s in mix if s["offered_rps"] >= TARGET_CPU_RPS] + [
+    top_batches = [
         s for s in steps if s["kind"] == "batch" and s["offered_events_per_s"] >= 0.99 * TARGET_BATCH_EPS
     ]
+    batch_cpu = {s["step"]: s["cpu_us_per_event"]["service"] for s in top_batches}
+    # memory counts at the target rates, met or not: the mix from the CPU step up, batches from ~100k/s
+    at_target = [s for s in mix if s["offered_rps"] >= TARGET_CPU_RPS] + top_batches
     return {
         "service_us_per_request_at_1500": cpu_steps,
         "service_490us_per_request_at_1500": bool(cpu_steps)
         and all((v or 1e9) <= TARGET_SERVICE_US_PER_REQUEST for v in cpu_steps.values()),
         "mix_2500_rps_p99_50ms": [s["step"] for s in capacity_ok],
-        "batch_100k_counted_lag_2s_14us": [s["step"] for s in batch_ok],
+        "batch_100k_counted_lag_2s": [s["step"] for s in batch_ok],
+        "service_us_per_event_at_100k": batch_cpu,
+        "service_14us_per_event_at_100k": bool(batch_cpu)
+        and all((v or 1e9) <= TARGET_SERVICE_US_PER_EVENT for v in batch_cpu.values()),
         "pss_150mb_at_target_steps": {s["step"]: s["peak_pss_mb"]["api_plus_worker"] for s in at_target},
         "pss_150mb_met": bool(at_target)
         and all(s["peak_pss_mb"]["api_plus_worker"] <= TARGET_PSS_MB for s in at_target),
