@@ -47,7 +47,9 @@ lint: $(BIN)/flagmeter
 loadtest: $(BIN)/flagmeter
 	$(BIN)/python loadtest/run.py
 
-bench: $(BIN)/flagmeter
+bench:
+	@.ci/system-deps.sh bench
+	@$(MAKE) --no-print-directory $(BIN)/flagmeter
 	$(BIN)/python bench/run.py
 
 image:

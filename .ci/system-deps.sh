@@ -2,6 +2,7 @@
 # Install the system packages `make run` / `make test` need, when missing. Idempotent.
 #   .ci/system-deps.sh run    PostgreSQL and Redis server binaries, python3-venv
 #   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool
+#   .ci/system-deps.sh bench  the `run` set plus wrk (the bench's load generator)
 # As root it installs with apt; otherwise it prints the one command to run.
 set -eu
 need=""
@@ -11,6 +12,9 @@ want() { need="$need $1"; }
 python3 -c 'import ensurepip, venv' 2>/dev/null || want python3-venv
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || has pg_ctl || want postgresql
 has redis-server || has valkey-server || want redis-server
+if [ "${1:-run}" = bench ]; then
+  has wrk || want wrk
+fi
 if [ "${1:-run}" = test ]; then
   has dockerd || want docker.io
   has iptables || want iptables

@@ -1,11 +1,15 @@
 """The framework floor: aiohttp on uvloop answering POST /v1/events with 202 and nothing else.
 
-bench/run.py drives it with bench/floor.js before the real steps. What this costs per request on the
-machine, and how fast k6 can drive it there, is the least any aiohttp service can cost: it sets
-FlagMeter's own per-request CPU in proportion, and shows whether a rate is reachable at all when the
-load generator shares the cores.
+bench/run.py drives it with wrk (bench/load.lua, KIND=post) before the real steps. What this costs
+per request on the machine, and how fast the generator can drive it there, is the least any aiohttp
+service can cost: it sets FlagMeter's own per-request CPU in proportion, and shows whether a rate is
+reachable at all when the load generator shares the cores. Three ways to serve it, to see what each
+layer of aiohttp costs before choosing one for the hot routes:
 
-    python bench/floor.py PORT
+    python bench/floor.py PORT server       # aiohttp.web.Server: the low-level server, one handler
+    python bench/floor.py PORT app          # web.Application and its router, as FlagMeter's API is
+    python bench/floor.py PORT middleware   # the same plus FlagMeter's error_middleware (request id,
+                                            # latency histogram, error mapping)
 """
 
 from __future__ import annotations
@@ -17,22 +21,32 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from flagmeter.api.errors import error_middleware
+
 ANSWER = orjson.dumps({"accepted": 1, "rejected": []})
+MODES = ("server", "app", "middleware")
 
 
-async def accept(request: web.Request) -> web.Response:
+async def accept(request: web.BaseRequest) -> web.Response:
     await request.read()
     return web.Response(body=ANSWER, status=202, content_type="application/json")
 
 
-async def serve(port: int) -> None:
-    app = web.Application()
-    app.router.add_post("/v1/events", accept)
-    runner = web.AppRunner(app, access_log=None)
+async def serve(port: int, mode: str) -> None:
+    runner: web.BaseRunner
+    if mode == "server":
+        runner = web.ServerRunner(web.Server(accept), access_log=None)
+    else:
+        app = web.Application(middlewares=[error_middleware] if mode == "middleware" else [])
+        app.router.add_post("/v1/events", accept)
+        runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    mode = sys.argv[2] if len(sys.argv) > 2 else "app"
+    if mode not in MODES:
+        raise SystemExit(f"mode must be one of {', '.join(MODES)}")
+    uvloop.run(serve(int(sys.argv[1]), mode))

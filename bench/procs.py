@@ -81,6 +81,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def _title(pid: int) -> str:
+    """The process's command line (PostgreSQL's backends set theirs to what they are), shortened."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
+    return cmdline.strip()[:80]
+
+
 def machine_busy_seconds() -> float:
     """CPU time all cores spent on anything but idle and iowait since boot (/proc/stat's first line)."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -109,14 +118,17 @@ class ResourceSampler:
     interval_s: float = 0.5  # a sample costs ~20 ms of CPU (/proc scan, smaps_rollup per process)
     usage: dict[str, RoleUsage] = field(default_factory=dict)
     peak_service_rss_bytes: int = 0  # api + worker together, at the same instant
+    peak_service_pss_bytes: int = 0
     machine_busy_s: float = 0.0  # every core, every process: shows what else ran meanwhile
     _cpu_first: dict[str, dict[int, float]] = field(default_factory=dict)
     _cpu_last: dict[str, dict[int, float]] = field(default_factory=dict)
+    _titles: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def _sample(self) -> None:
         rss: dict[str, int] = {}
+        pss: dict[str, int] = {}
         children = _children_by_parent()  # once per sample: scanning /proc is the sampler's main cost
         for role, root in self.roles.items():
             alive = [pid for pid in process_tree(root, children) if Path(f"/proc/{pid}").exists()]
@@ -124,13 +136,29 @@ class ResourceSampler:
             rss[role] = sum(size[0] for size in sizes)
             usage = self.usage[role]
             usage.peak_rss_bytes = max(usage.peak_rss_bytes, rss[role])
-            usage.peak_pss_bytes = max(usage.peak_pss_bytes, sum(size[1] for size in sizes))
+            pss[role] = sum(size[1] for size in sizes)
+            usage.peak_pss_bytes = max(usage.peak_pss_bytes, pss[role])
             for pid in alive:
                 cpu = _cpu_seconds(pid)
+                if pid not in self._cpu_first[role]:
+                    # the API's processes share its command line: name the supervisor
+                    self._titles[pid] = ("(root) " if pid == root else "") + _title(pid)
                 self._cpu_first[role].setdefault(pid, cpu)
                 self._cpu_last[role][pid] = max(cpu, self._cpu_last[role].get(pid, 0.0))
         service = rss.get("api", 0) + rss.get("worker", 0)
         self.peak_service_rss_bytes = max(self.peak_service_rss_bytes, service)
+        service_pss = pss.get("api", 0) + pss.get("worker", 0)
+        self.peak_service_pss_bytes = max(self.peak_service_pss_bytes, service_pss)
+
+    def processes(self) -> list[dict[str, object]]:
+        """CPU seconds of every process seen in the window, by role, busiest first."""
+        found = [
+            {"role": role, "pid": pid, "title": self._titles.get(pid, "?"), "cpu_s": round(last - first, 3)}
+            for role in self.roles
+            for pid, last in self._cpu_last[role].items()
+            if (first := self._cpu_first[role][pid]) < last
+        ]
+        return sorted(found, key=lambda p: -float(p["cpu_s"]))  # type: ignore[arg-type]
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

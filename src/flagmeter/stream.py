@@ -164,6 +164,15 @@ return {count, redis.call('PTTL', KEYS[1])}
 """
 SIGN_IN_TIMEOUT_S = 1.0  # a sign-in does not wait longer than this for Redis
 
+# Per-tenant usage versions only ever rise: KEYS[i] becomes ARGV[i] unless it is already at or above it.
+RAISE_VERSIONS_LUA = """
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[i])
+  if (tonumber(redis.call('GET', key)) or -1) < version then redis.call('SET', key, version) end
+end
+return 0
+"""
+
 
 MAX_APPEND_BYTES = 512 * 1024  # per script call: Redis runs it atomically, keep it short
 
@@ -241,6 +250,7 @@ class Stream:
         self._append_sha = self._append_script.sha
         self._ack = client.register_script(ACK_LUA)
         self._count_failure = client.register_script(COUNT_FAILURE_LUA)
+        self._raise_versions = client.register_script(RAISE_VERSIONS_LUA)
         self._waiting: list[_Append] = []
         self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
         self._append_connection: Any = None
@@ -499,6 +509,35 @@ class Stream:
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         return len(entries)
+
+    # -- per-tenant usage versions: what a cached usage answer is checked against (api/usage.py) --
+
+    def _usage_version_key(self, tenant: str) -> str:
+        return f"{self.name}:usage-version:{tenant}"
+
+    async def raise_usage_versions(self, versions: dict[str, int]) -> None:
+        """Raise each tenant's announced usage version to the given one (never lowers one).
+
+        Redis's errors pass through, as `ack`'s do: the worker calls this before it acks.
+        """
+        if versions:
+            keys = [self._usage_version_key(tenant) for tenant in versions]
+            await self._raise_versions(keys=keys, args=list(versions.values()))
+
+    async def usage_version(self, tenant: str) -> int:
+        """The tenant's announced usage version (0 before any); StreamUnavailable when unknowable."""
+        try:
+            version = await self.client.get(self._usage_version_key(tenant))
+        except (RedisError, OSError) as error:
+            raise StreamUnavailable(str(error)) from error
+        return int(version or 0)
+
+    async def announce_usage_version(self, tenant: str, version: int) -> None:
+        """`raise_usage_versions` for the API: StreamUnavailable when Redis cannot be reached."""
+        try:
+            await self.raise_usage_versions({tenant: version})
+        except (RedisError, OSError) as error:
+            raise StreamUnavailable(str(error)) from error
 
     # -- failed dashboard sign-ins, per client address, shared by every API process --------------
 

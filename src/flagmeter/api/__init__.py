@@ -72,6 +72,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app["stream"] = stream
     app["tally"] = reservations.create_tally(store, stream, settings)
     app["directory"] = Directory(store, settings.admin_token)
+    app["usage_cache"] = usage.UsageCache(store, stream)
     app["login_throttle"] = FailureThrottle(settings.login_attempts, dashboard.LOGIN_WINDOW_S, stream)
     sampler = asyncio.create_task(metrics.sample_process_forever("api"))
     yield

@@ -139,6 +139,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
     if tenant is None:
         raise ApiError(404, "unknown_tenant", f"tenant {request.match_info['tenant']!r} does not exist")
     request.app["directory"].forget_tenant(tenant.id)
+    await request.app["usage_cache"].refresh(tenant.id, request.app["settings"].clock.now())
     document = (await alert_settings.with_settings(request, [tenant_json(tenant)]))[0]
     return json_response(document | shown_once)
 

@@ -1,7 +1,9 @@
-"""GET /v1/usage/{tenant} (current period) and /v1/usage/{tenant}/series (rollups by window)."""
+"""GET /v1/usage/{tenant} (current period, from a versioned cache) and /v1/usage/{tenant}/series."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -9,11 +11,79 @@ from aiohttp import web
 from ..clock import rfc3339
 from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
-from ..store import WINDOWS, Tenant
+from ..store import WINDOWS, CurrentUsage, Store, StoreUnavailable, Tenant
+from ..stream import Stream, StreamUnavailable
 from .auth import Principal
 from .errors import ApiError, json_response
 
 MAX_SERIES_SPAN = {"minute": timedelta(days=35), "hour": timedelta(days=400), "day": timedelta(days=800)}
+# A safety net only: an answer is normally replaced when its tenant's version moves.
+USAGE_CACHE_MAX_AGE_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    usage: CurrentUsage
+    stored_at: float  # time.monotonic()
+
+
+class UsageCache:
+    """Each tenant's current usage, per API process, answered without PostgreSQL while it is current.
+
+    Every change to a tenant's answer (a counted batch, a PATCH of quota or billing day) bumps
+    `tenants.usage_version` in its own transaction, and the usage read takes the version in the same
+    snapshot as the totals, so a cached answer is tagged with exactly the state it shows. After the
+    commit the worker (or the PATCH) raises the tenant's version in Redis, which only ever rises. A read
+    fetches that version and answers from the cache only when the cached answer carries it, its period
+    still holds `now` and it is younger than USAGE_CACHE_MAX_AGE_S. Otherwise it reads PostgreSQL; an
+    answer newer than Redis's version (committed, not yet announced) is announced before it is given,
+    so once any process has shown it, none shows an older one. Without Redis every read is fresh.
+    """
+
+    def __init__(self, store: Store, stream: Stream, max_age_s: float = USAGE_CACHE_MAX_AGE_S) -> None:
+        self._store = store
+        self._stream = stream
+        self._max_age_s = max_age_s
+        self._answers: dict[str, _Cached] = {}
+
+    async def current(self, tenant_id: str, now: datetime) -> CurrentUsage | None:
+        try:
+            announced = await self._stream.usage_version(tenant_id)
+        except StreamUnavailable:
+            return (await self._store.current_usage(now, tenant_id)).get(tenant_id)
+        cached = self._answers.get(tenant_id)
+        if (
+            cached is not None
+            and cached.usage.version == announced
+            and cached.usage.period.start <= now < cached.usage.period.end
+            and time.monotonic() - cached.stored_at < self._max_age_s
+        ):
+            return cached.usage
+        return await self._fresh(tenant_id, now, announced)
+
+    async def refresh(self, tenant_id: str, now: datetime) -> None:
+        """After a change this process committed (a PATCH): read it and announce its version.
+
+        Should PostgreSQL fail just now, other processes show the old answer until the tenant's next
+        counted batch or USAGE_CACHE_MAX_AGE_S; the change itself stands.
+        """
+        try:
+            await self._fresh(tenant_id, now, -1)
+        except StoreUnavailable:
+            self._answers.pop(tenant_id, None)
+
+    async def _fresh(self, tenant_id: str, now: datetime, announced: int) -> CurrentUsage | None:
+        usage = (await self._store.current_usage(now, tenant_id)).get(tenant_id)
+        if usage is None:
+            return None
+        if usage.version > announced:
+            try:
+                await self._stream.announce_usage_version(tenant_id, usage.version)
+            except StreamUnavailable:
+                self._answers.pop(tenant_id, None)
+                return usage  # shown, but not kept: other processes may not know it is current
+        self._answers[tenant_id] = _Cached(usage, time.monotonic())
+        return usage
 
 
 async def readable_tenant(request: web.Request) -> Tenant:
@@ -29,8 +99,9 @@ async def readable_tenant(request: web.Request) -> Tenant:
 
 
 async def usage_document(request: web.Request, tenant: Tenant, now: datetime) -> dict[str, object]:
-    # Read fresh, not from the tenant cache: another process's cached billing day may be stale.
-    current = (await request.app["store"].current_usage(now, tenant.id)).get(tenant.id)
+    # Not from the tenant cache (another process's cached billing day may be stale): the usage cache
+    # answers only with what is current.
+    current = await request.app["usage_cache"].current(tenant.id, now)
     if current is None:
         raise ApiError(404, "unknown_tenant", f"tenant {tenant.id!r} does not exist")
     period, by_feature, used = current.period, current.by_feature, current.used

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import psycopg2.errors
@@ -32,6 +32,7 @@ class BatchResult:
     alerts: tuple[Alert, ...] = ()  # decided in the batch's transaction (issue 3)
     known_ids: int = 0  # of the duplicates, those already in the ledger (not repeated in the batch)
     recounted: bool = False  # the all-new insert met a known id; counted again, skipping known ids
+    usage_versions: dict[str, int] = field(default_factory=dict)  # the batch's tenants' new versions
     # Absolute (quota.day_field(tenant, day), tokens) of every tenant-day the batch touched, read after
     # its counting statement in the same transaction (see `_write_batch`).
     daily_totals: tuple[tuple[str, int], ...] = ()
@@ -103,6 +104,10 @@ class CountingStore(Database):
                 (text_array([t for t, _ in days]), text_array([d for _, d in days])),
             )
             daily = tuple((day_field(t, d), int(n)) for t, d, n in await cur.fetchall())
+            # Every known tenant of the batch, counted or not: a batch counted before a crash left the
+            # versions in Redis behind; counted again (all duplicates), it brings them up to date.
+            await cur.execute(BUMP_USAGE_VERSIONS_SQL, (sorted(billing_days),))
+            versions = {tenant: int(version) for tenant, version in await cur.fetchall()}
             alerts = await decide_alerts(cur, [r[0] for r in rows], now, slack_fallback)
         tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
         counted = sum(int(n) for _, n, _ in rows)
@@ -114,6 +119,7 @@ class CountingStore(Database):
             tuple(alerts),
             len(batch) - counted,
             daily_totals=daily,
+            usage_versions=versions,
         )
 
     async def daily_totals_since(self, day: str) -> list[tuple[str, int]]:
@@ -218,3 +224,13 @@ WRITE_BATCH_SQL = _COUNT_SQL.format(
     ledger="ON CONFLICT DO NOTHING RETURNING tenant_id, event_id",
     counted="SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)",
 )
+
+
+# After the counting statement, in its transaction. Row locks in id order: concurrent batches of
+# overlapping tenants wait for each other here, never in a cycle.
+BUMP_USAGE_VERSIONS_SQL = """
+UPDATE tenants t SET usage_version = t.usage_version + 1
+FROM (SELECT id FROM tenants WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE) AS locked
+WHERE t.id = locked.id
+RETURNING t.id, t.usage_version
+"""

@@ -92,8 +92,10 @@ class TenantStore(Database):
                 return None
             if columns:
                 assignments = ", ".join(f"{name} = %s" for name in columns)
+                # A new quota or billing day changes the usage answer: its cached copies go stale.
                 await cur.execute(
-                    f"UPDATE tenants SET {assignments}, updated_at = now() WHERE id = %s",
+                    f"UPDATE tenants SET {assignments}, updated_at = now(),"
+                    " usage_version = usage_version + 1 WHERE id = %s",
                     (*columns.values(), tenant_id),
                 )
             if "slack_webhook_url" in changes:

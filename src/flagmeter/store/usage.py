@@ -20,6 +20,7 @@ class CurrentUsage:
     tenant: Tenant
     period: Period
     by_feature: dict[str, int]
+    version: int = 0  # tenants.usage_version in the same snapshot (migration 0006)
 
     @property
     def used(self) -> int:
@@ -32,10 +33,12 @@ class UsageStore(Database):
 
         The tenant's billing day and its period totals come from one statement, hence one snapshot:
         a billing-day change (which regroups the totals in its transaction) shows either the old
-        period with the old totals or the new period with the new ones, never a mix.
+        period with the old totals or the new period with the new ones, never a mix. The usage
+        version comes from the same snapshot.
         """
         rows = await self._all(
-            f"SELECT {TENANT_COLUMNS}, p.period_start, p.feature, p.tokens FROM {TENANT_FROM}"
+            f"SELECT {TENANT_COLUMNS}, p.period_start, p.feature, p.tokens, t.usage_version"
+            f" FROM {TENANT_FROM}"
             " LEFT JOIN period_totals p ON p.tenant_id = t.id"
             "  AND p.period_start > %s::timestamptz - interval '32 days' AND p.period_start <= %s"
             " WHERE %s::text IS NULL OR t.id = %s",
@@ -47,7 +50,7 @@ class UsageStore(Database):
             if usage is None:
                 tenant = tenant_from_row(row)
                 usage = found[tenant.id] = CurrentUsage(
-                    tenant, period_containing(now, tenant.billing_day), {}
+                    tenant, period_containing(now, tenant.billing_day), {}, int(row[9])
                 )
             period_start, feature, tokens = row[6:9]
             if period_start == usage.period.start:

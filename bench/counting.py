@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""PostgreSQL's share of counting, alone: Store.write_batch on batches of new events, with the CPU time
+of the one backend that ran them read from /proc, per event. For A/B of the counting statement, the
+schema (migrations) and server settings, without the API, the worker's loop or a load generator.
+
+    .venv/bin/python bench/counting.py                       # 60 batches of 4,000 events
+    .venv/bin/python bench/counting.py --setting wal_compression=lz4 --batches 90
+    .venv/bin/python bench/counting.py --sql "ALTER TABLE ..."   # a schema change to try before the run
+
+A fresh throwaway PostgreSQL each run (under .run/counting-<time>/, deleted afterwards), migrated, with
+a ledger filled to --ledger rows first so its B-tree is not trivially small. Prints the backend's CPU
+per event (median and min over the batches) and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)
+
+from bench.calibrate import calibrate, describe  # noqa: E402
+
+from flagmeter import store as store_module  # noqa: E402
+from flagmeter.events import Event  # noqa: E402
+from flagmeter.localstack import LocalStack  # noqa: E402
+from flagmeter.store import Store, migrate  # noqa: E402
+
+TENANTS = ("count-a", "count-b", "count-c")
+FEATURES = ("chat", "embed", "summarize", "classify", "translate", "code.complete")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def without_raw_events() -> None:
+    """What counting would cost with the raw events written elsewhere (a lagging audit writer)."""
+    for name in ("WRITE_NEW_BATCH_SQL", "WRITE_BATCH_SQL"):
+        sql = getattr(store_module, name)
+        head, rest = sql.split("), stored AS (", 1)
+        setattr(store_module, name, head + "), rolled AS (" + rest.split("), rolled AS (", 1)[1])
+
+
+VARIANTS = {"no-raw-events": without_raw_events}
+
+
+def backend_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def batch(run: str, number: int, size: int, now_ms: int) -> list[Event]:
+    """Events shaped like the bench's, ids `<run>-<thread>-<request>-<index>`, a few minutes apart
+    (built outside the timing)."""
+    return [
+        Event(
+            TENANTS[number % len(TENANTS)],
+            f"{run}-1-{number}-{i}",
+            FEATURES[i % len(FEATURES)],
+            i % 1000 + 1,
+            now_ms - (i % 5) * 60_000,
+            now_ms,
+        )
+        for i in range(size)
+    ]
+
+
+async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
+    store = await Store.connect(url, size=1)
+    run = f"r{int(time.time())}"
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    fill = 0
+    while fill < args.ledger:
+        await store.write_batch(batch(f"{run}fill", fill, args.size, now_ms), now=now)
+        fill += args.size
+    async with store._cursor() as cur:  # the pool's one connection: the backend that counts
+        await cur.execute("SELECT pg_backend_pid()")
+        (pid,) = await cur.fetchone()
+        await cur.execute("CHECKPOINT")
+    # /proc counts in clock ticks (10 ms, a few per batch): the sum over groups of ten batches
+    per_event: list[float] = []
+    speed = [float(calibrate(5_000, 3)["min_us"])]
+    started = time.perf_counter()
+    for group in range(0, args.batches, 10):
+        before = backend_cpu_s(pid)
+        for number in range(group, min(group + 10, args.batches)):
+            await store.write_batch(batch(run, number, args.size, now_ms), now=now)
+        done = min(group + 10, args.batches) - group
+        per_event.append(1e6 * (backend_cpu_s(pid) - before) / (done * args.size))
+    wall = time.perf_counter() - started
+    speed.append(float(calibrate(5_000, 3)["min_us"]))
+    await store.close()
+    mean = statistics.fmean(per_event)
+    return {
+        "backend_us_per_event": round(mean, 2),
+        "calibration_us": speed,
+        # the same in units of the calibration loop: steadier across this VM's changes of speed
+        "backend_per_event_in_loops": round(mean / statistics.fmean(speed), 3),
+        "spread": [round(min(per_event), 2), round(max(per_event), 2)],
+        "wall_us_per_event": round(1e6 * wall / (args.batches * args.size), 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--size", type=int, default=4000, help="events per batch (the worker's 4,000)")
+    parser.add_argument("--ledger", type=int, default=400_000, help="ledger rows written before measuring")
+    parser.add_argument("--setting", action="append", default=[], help="name=value for postgresql.conf")
+    parser.add_argument("--sql", action="append", default=[], help="run after migrating, before the run")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="a counting statement to try")
+    args = parser.parse_args()
+    if args.variant:
+        VARIANTS[args.variant]()
+    print(describe(calibrate()), flush=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    root = ROOT / ".run" / f"counting-{stamp}"
+    servers = LocalStack(root)
+    servers.start_postgres()
+    try:
+        if args.setting:
+            with open(servers.pg_data / "postgresql.conf", "a") as conf:
+                conf.write("".join(f"\n{setting}" for setting in args.setting) + "\n")
+            servers.stop_postgres()
+            servers.start_postgres()
+        url = servers.database_url
+        asyncio.run(migrate(url))
+        asyncio.run(_prepare(url, args.sql))
+        result = asyncio.run(measure(url, args))
+    finally:
+        servers.stop_postgres()
+        shutil.rmtree(root, ignore_errors=True)
+    print({"settings": args.setting, "sql": args.sql, "variant": args.variant, **result})
+    return 0
+
+
+async def _prepare(url: str, statements: list[str]) -> None:
+    store = await Store.connect(url, size=1)
+    async with store._cursor() as cur:
+        for tenant in TENANTS:
+            await cur.execute(
+                "INSERT INTO tenants (id, name, monthly_quota) VALUES (%s, %s, 1000000000000)",
+                (tenant, tenant),
+            )
+        for statement in statements:
+            await cur.execute(statement)
+    await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The bench's load generator: wrk (Debian's package) with bench/load.lua, and what it cost.
+
+wrk with a Lua script costs ~80 us of CPU per request here against k6's ~410 us with
+loadtest/load.js (see docs/performance.md), so the service, not the generator, fills the cores.
+load.lua paces a constant arrival rate and drops a send time it cannot meet, as k6's
+constant-arrival-rate executor does; `loadtest/` keeps the k6 scripts for maintainers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest import verify
+
+SCRIPT = Path(__file__).resolve().parent / "load.lua"
+MARKER = "FLAGMETER_WRK "
+GRACE_S = 2  # wrk runs this much past the paced window, so the last requests are answered, not cut off
+
+
+def wrk_binary() -> str:
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    return found
+
+
+@dataclass(frozen=True)
+class Load:
+    kind: str  # mix | batch | post (see load.lua)
+    rate: int  # requests per second
+    seconds: int  # the paced window
+    connections: int
+    threads: int = 1
+    batch: int = 550
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    load: Load
+    stats: dict[str, Any]  # load.lua's done() line
+    cpu_s: float  # the generator's own CPU time (user + system)
+
+    @property
+    def completed(self) -> int:
+        return int(self.stats["completed"])
+
+    @property
+    def achieved_rps(self) -> float:
+        return self.completed / self.load.seconds
+
+    @property
+    def failed(self) -> int:
+        s = self.stats
+        return int(s["refused"] + s["other"] + s["socket_errors"] + s["timeouts"])
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / max(int(self.stats["sent"]), 1)
+
+    def latency_ms(self) -> dict[str, float]:
+        return {name: round(us / 1000, 2) for name, us in self.stats["latency_us"].items()}
+
+    def accepted(self) -> verify.Counts:
+        """What the API answered 202 to (a single event's 202, or a whole batch's: load.lua's
+        events are all valid, so a 202 means every event of the request was taken)."""
+        n = int(self.stats["accepted"])
+        return verify.Counts(n * self.stats["tokens_per_post"], n * self.stats["events_per_post"])
+
+    def uncertain(self) -> verify.Counts:
+        """POSTs sent without a 202 seen: refused ones are in here too, so this is only a ceiling."""
+        n = int(self.stats["posts"]) - int(self.stats["accepted"])
+        return verify.Counts(n * self.stats["tokens_per_post"], n * self.stats["events_per_post"])
+
+
+def run(load: Load, base_url: str, tenants: list[verify.Tenant], run_id: str) -> LoadResult:
+    env = {
+        **os.environ,
+        "KIND": load.kind,
+        "RATE": str(load.rate),
+        "SECONDS": str(load.seconds),
+        "THREADS": str(load.threads),
+        "BATCH": str(load.batch),
+        "RUN": run_id,
+        "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
+    }
+    command = [
+        wrk_binary(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds + GRACE_S}s",
+        "--timeout", "10s", "-s", str(SCRIPT), base_url,
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=load.seconds + 60, check=False
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARKER)), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return LoadResult(load, json.loads(line.removeprefix(MARKER)), cpu_s)
