@@ -74,7 +74,7 @@ def stack_images_archive(state: Path) -> None:
     """`docker save` of flagmeter:local and the stand-in postgres/valkey images, linked as
     <state>/stack-images.tar. The archive is named after the images' ids, so it is rewritten only when
     one of them changed."""
-    sys.path.insert(0, str(REPO / "tests" / "deploy"))
+    sys.path[:0] = [str(REPO / "tests" / "deploy"), str(REPO / "tests")]  # deploy_support imports stacklib
     import deploy_support as deploy
 
     run(["sh", str(REPO / ".ci" / "compose-plugin.sh")], timeout=300)
