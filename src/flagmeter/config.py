@@ -11,6 +11,9 @@ from .clock import SYSTEM, Clock
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+WORKER_METRICS_PORT = 9091  # the worker's /metrics, /health, /ready
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
@@ -58,7 +61,7 @@ class Settings:
     port: int = 8080
     listen_host: str = "0.0.0.0"
     api_processes: int = 1
-    worker_metrics_port: int = 9091
+    worker_metrics_port: int = WORKER_METRICS_PORT
     rate_limit: int = 10000
     large_batches_in_flight: int = 8
     login_attempts: int = 10
@@ -105,7 +108,7 @@ class Settings:
             port=port,
             listen_host=env.get("FLAGMETER_LISTEN_HOST", "0.0.0.0") or "0.0.0.0",
             api_processes=_int(env, "FLAGMETER_API_PROCESSES", os.cpu_count() or 1, 1),
-            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", 9091, 0),
+            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", WORKER_METRICS_PORT, 0),
             rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),
             large_batches_in_flight=_int(env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 8, 1),
             login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", 10, 1),

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .config import WORKER_METRICS_PORT
 from .listen import PortTaken, ensure_free
 from .localstack import LocalStack, MissingBinary
 
@@ -18,7 +19,6 @@ from .localstack import LocalStack, MissingBinary
 # stack): below the ephemeral port range, so no outgoing connection can hold them.
 PG_PORT = 15432
 REDIS_PORT = 16379
-WORKER_METRICS_PORT = "9091"  # config.Settings' default
 DEV_ENV = "dev.env"  # the running stack's settings, for `flagmeter tenant list` and friends
 SHARED = ("DATABASE_URL", "REDIS_URL", "FLAGMETER_ADMIN_TOKEN", "PORT", "FLAGMETER_STREAM")
 
