@@ -22,6 +22,7 @@ import uvloop
 from aiohttp import web
 
 from flagmeter.api.errors import error_middleware
+from flagmeter.config import Settings
 
 ANSWER = orjson.dumps({"accepted": 1, "rejected": []})
 MODES = ("server", "app", "middleware")
@@ -38,6 +39,8 @@ async def serve(port: int, mode: str) -> None:
         runner = web.ServerRunner(web.Server(accept), access_log=None)
     else:
         app = web.Application(middlewares=[error_middleware] if mode == "middleware" else [])
+        # What the middleware reads of the app (its access-log switch); nothing here connects to them.
+        app["settings"] = Settings(database_url="", redis_url="", admin_token="")
         app.router.add_post("/v1/events", accept)
         runner = web.AppRunner(app, access_log=None)
     await runner.setup()

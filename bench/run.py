@@ -108,6 +108,7 @@ def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
         "achieved_rps": _round(load.achieved_rps),
         "latency_ms": load.latency_ms(),
         "dropped_iterations": int(load.stats["dropped"]),
+        "error_rate": _round(load.error_rate, 5),  # not 202: the floor itself is broken
         "server_cpu_us_per_request": _round(1e6 * sampler.usage["floor"].cpu_seconds / requests),
         "generator_cpu_us_per_request": _round(1e6 * load.cpu_s / requests),
         "machine_cpu_s": _round(sampler.machine_busy_s, 2),
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     for floor in floors:
         print(
             f"floor {floor['mode']:>10} (aiohttp 202, nothing else): {floor['achieved_rps']}/s of"
-            f" {floor['offered_rps']}/s, p99 {floor['latency_ms']['p99']} ms,"
+            f" {floor['offered_rps']}/s, p99 {floor['latency_ms']['p99']} ms, errors {floor['error_rate']},"
             f" {floor['server_cpu_us_per_request']} us server CPU and"
             f" {floor['generator_cpu_us_per_request']} us generator CPU per request"
         )

@@ -9,7 +9,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -17,6 +20,10 @@ sys.path.insert(0, str(ROOT))
 from bench.lag import percentile  # noqa: E402
 from bench.procs import ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
+from bench.run import FLOOR_MODES  # noqa: E402
+
+from flagmeter.localstack import free_port  # noqa: E402
+from stacklib import wait_until  # noqa: E402
 
 BURN_CPU = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 HOLD_MEMORY = (
@@ -85,3 +92,24 @@ def test_hotspots_split_self_and_inclusive_time(tmp_path: Path) -> None:
     assert inclusive["main (app.py)"] == 100.0
     assert inclusive["handle (app.py)"] == 90.0  # two lines of one function are one frame
     assert not any(name.startswith("process ") for name in inclusive)
+
+
+@pytest.mark.parametrize("mode", FLOOR_MODES)
+def test_every_floor_answers_202(mode: str) -> None:
+    """A floor that answers errors measures nothing (the middleware floor once raised on every request)."""
+    port = free_port()
+    floor = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), mode])
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=b"{}", method="POST")
+        statuses: list[int] = []
+
+        def answered() -> bool:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                statuses.append(response.status)
+            return True
+
+        wait_until(answered, 30, f"the {mode} floor to answer", ignoring=(OSError,))
+        assert statuses == [202]
+    finally:
+        floor.terminate()
+        floor.wait(10)
