@@ -20,7 +20,7 @@ from .admin import seed, thresholds
 from .config import ConfigError, Settings, clock_from_env
 from .events import TENANT_ID
 from .listen import PortTaken, ensure_free
-from .processes import run, serve_api, serve_worker
+from .processes import preload_api, run, serve_api, serve_worker
 from .supervisor import supervise
 
 log = logging.getLogger("flagmeter")
@@ -71,8 +71,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     except PortTaken as error:
         return _port_taken(error)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
-    # The app is imported by each child, not before the fork: the supervisor stays ~25 MB instead of
-    # carrying every library's pages too (RSS counts shared pages once per process).
+    preload_api()  # before the fork: the processes share the libraries' pages
     return supervise(processes, lambda: run(serve_api(settings, reuse_port=True)))
 
 
