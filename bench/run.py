@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -39,9 +40,10 @@ from bench import generator, pyspy  # noqa: E402
 from bench.calibrate import calibrate, describe  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
-from bench.stack import running_stack, wait_port  # noqa: E402
+from bench.stack import running_stack  # noqa: E402
 from loadtest.run import run_script  # noqa: E402
 
+from flagmeter.launch import wait_until  # noqa: E402
 from flagmeter.localstack import free_port  # noqa: E402
 from loadtest import verify  # noqa: E402
 
@@ -93,7 +95,12 @@ def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
     port = free_port()
     app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), mode])
     try:
-        wait_port(port, 30)
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", port)).close() is None,
+            30,
+            "the floor's port",
+            ignoring=(OSError,),
+        )
         with ResourceSampler({"floor": app.pid}) as sampler:
             load = generator.run(
                 generator.Load("post", rate, seconds, 200), f"http://127.0.0.1:{port}", [], "floor"

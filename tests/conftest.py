@@ -47,12 +47,11 @@ def stack(servers: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS": "1",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    result = Stack(servers, tmp_path_factory.mktemp("processes"), env)
+    result = Stack(tmp_path_factory.mktemp("processes"), env, servers=servers)
     _, result.api_url = result.start_api()
     _, result.worker_metrics_url = result.start_worker()
     yield result
-    for process in result.processes:
-        process.stop()
+    result.stop()
 
 
 @pytest.fixture(autouse=True)

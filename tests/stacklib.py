@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,79 +14,14 @@ from typing import Any
 import orjson
 import psycopg2
 
-from flagmeter.localstack import LocalStack, free_port
+from flagmeter import launch
+from flagmeter.launch import Process, wait_http, wait_until
+from flagmeter.localstack import LocalStack
+
+__all__ = ["ADMIN_TOKEN", "Process", "Stack", "fresh_database", "mid_period_day", "wait_http", "wait_until"]
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ARTIFACTS = Path(__file__).parent / "artifacts"
-
-
-def wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == status:
-                    return
-        except urllib.error.HTTPError as error:
-            last = error.code
-        except OSError as error:
-            last = error
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer {status} within {timeout}s (last: {last})")
-
-
-@dataclass
-class Process:
-    """A flagmeter command running as a real child process, with its output in a log file."""
-
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return int(self.popen.returncode)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _healthy(process: Process, port: int) -> tuple[Process, str]:
-    """Wait for the process's /health on `port`; on failure, fail with its output."""
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health")
-    except TimeoutError:
-        raise AssertionError(process.output()) from None
-    return process, url
-
-
-def wait_until(
-    check: Callable[[], object],
-    timeout: float,
-    what: str,
-    *,
-    ignoring: tuple[type[BaseException], ...] = (),
-    every: float = 0.05,
-) -> None:
-    """Poll `check` until it is true; an exception in `ignoring` counts as not yet. The one wait of
-    every test (and of bench/), so that timeouts read the same everywhere."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except ignoring:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def mid_period_day(today: date | None = None) -> int:
@@ -111,45 +42,10 @@ def fresh_database(database_url: str) -> str:
 
 
 @dataclass
-class Stack:
-    servers: LocalStack
-    workdir: Path
-    env: dict[str, str]
-    api_url: str = ""
-    worker_metrics_url: str = ""
-    admin_token: str = ADMIN_TOKEN
-    processes: list[Process] = field(default_factory=list)
+class Stack(launch.Stack):
+    """The launcher, on the session's servers, with plain synchronous HTTP and SQL for tests."""
 
-    @property
-    def database_url(self) -> str:
-        return self.servers.database_url
-
-    @property
-    def redis_url(self) -> str:
-        return self.servers.redis_url
-
-    def spawn(self, *args: str, **env: str) -> Process:
-        log = self.workdir / f"{args[0]}-{uuid.uuid4().hex[:8]}.log"
-        handle = open(log, "wb")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "flagmeter.cli", *args],
-            env={**self.env, **env},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-        process = Process(popen, log)
-        self.processes.append(process)
-        return process
-
-    def start_api(self, processes: int = 2, **env: str) -> tuple[Process, str]:
-        port = free_port()
-        process = self.spawn("api", "--processes", str(processes), PORT=str(port), **env)
-        return _healthy(process, port)
-
-    def start_worker(self, **env: str) -> tuple[Process, str]:
-        port = free_port()
-        process = self.spawn("worker", FLAGMETER_WORKER_METRICS_PORT=str(port), **env)
-        return _healthy(process, port)
+    servers: LocalStack | None = None  # the session's servers, for tests that stop and start them
 
     # -- plain synchronous HTTP for tests ---------------------------------------------------
 

@@ -7,11 +7,10 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from .config import WORKER_METRICS_PORT
+from .launch import FLAGMETER, Process, TimedOut, spawn, wait_http
 from .listen import PortTaken, ensure_free
 from .localstack import LocalStack, MissingBinary
 
@@ -58,18 +57,6 @@ def _admin_token(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _wait_ready(url: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-    return False
-
-
 def run_dev(run_dir: Path, port: int) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -99,24 +86,24 @@ def run_dev(run_dir: Path, port: int) -> int:
     env.setdefault("FLAGMETER_ADMIN_TOKEN", _admin_token(run_dir))
     env["PORT"] = str(port)
     env.setdefault("FLAGMETER_ALLOW_HTTP_WEBHOOKS", "1")
-    flagmeter = [sys.executable, "-m", "flagmeter.cli"]
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[Process] = []
     shared: Path | None = None
     try:
-        subprocess.run([*flagmeter, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*FLAGMETER, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         seeded = subprocess.run(
-            [*flagmeter, "seed", "--keys-file", str(run_dir / "demo-keys")],
+            [*FLAGMETER, "seed", "--keys-file", str(run_dir / "demo-keys")],
             env=env,
             check=True,
             capture_output=True,
             text=True,
         )
         keys = [line.split("\t") for line in seeded.stdout.splitlines() if "\t" in line]
-        children.append(subprocess.Popen([*flagmeter, "api"], env=env))
-        children.append(subprocess.Popen([*flagmeter, "worker"], env=env))
+        children += [spawn(["api"], env), spawn(["worker"], env)]  # their output in this terminal
         host = env["FLAGMETER_LISTEN_HOST"]
         base = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"
-        if not _wait_ready(f"{base}/ready", 30):
+        try:
+            wait_http(f"{base}/ready", 30, process=children[0])
+        except (TimedOut, RuntimeError):
             print("flagmeter: the API did not become ready; see the log above", file=sys.stderr)
             return 1
         shared = _write_dev_environment(run_dir, env)
@@ -145,11 +132,6 @@ def run_dev(run_dir: Path, port: int) -> int:
         if shared is not None:
             shared.unlink(missing_ok=True)
         for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            child.stop()
         if stack is not None:
             stack.stop()
