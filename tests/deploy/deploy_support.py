@@ -180,7 +180,9 @@ def call_json(url: str, method: str, token: str, body: Any = None) -> tuple[int,
 
 
 @dataclass
-class Stack:
+class ComposeStack:
+    """A compose project started by `running_stack`: the FlagMeter containers, reached on 127.0.0.1."""
+
     project: str
     env: dict[str, str]
     files: tuple[str, ...]
@@ -224,7 +226,7 @@ def free_port_range(count: int) -> list[int]:
 @contextmanager
 def running_stack(
     files: tuple[str, ...], workdir: Path, *, api_replicas: int = 1, extra_env: dict[str, str] | None = None
-) -> Iterator[Stack]:
+) -> Iterator[ComposeStack]:
     """The compose stack of `files` under a unique project name, with the local postgres/valkey images,
     PostgreSQL data under `workdir`, each API replica on a free 127.0.0.1 port; ready on entry, removed on
     exit (its logs kept in tests/artifacts/)."""
@@ -243,7 +245,7 @@ def running_stack(
         FLAGMETER_API_REPLICAS=str(api_replicas),
         **(extra_env or {}),
     )
-    stack = Stack(project, env, files, ports)
+    stack = ComposeStack(project, env, files, ports)
     try:
         stack.compose("up", "-d", "--no-build", "--quiet-pull")
         for port in ports:

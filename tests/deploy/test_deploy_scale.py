@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from deploy_support import DEPLOYED, PRODUCTION_FILE, Stack, running_stack, wait_until
+from deploy_support import DEPLOYED, PRODUCTION_FILE, ComposeStack, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -17,7 +17,7 @@ BATCH = 200
 METRICS = "import urllib.request as r; print(r.urlopen('http://127.0.0.1:9091/metrics').read().decode())"
 
 
-def counted_by_worker(stack: Stack, index: int) -> float:
+def counted_by_worker(stack: ComposeStack, index: int) -> float:
     page = stack.compose("exec", "-T", "--index", str(index), "worker", "python3", "-c", METRICS)
     match = re.search(r"^flagmeter_worker_events_counted_total(?:\{[^}]*\})? (\S+)$", page, re.M)
     assert match, page[:2000]

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from deploy_support import APP_IMAGE, DEPLOYED, PRODUCTION_FILE, Stack, run, running_stack, wait_until
+from deploy_support import APP_IMAGE, DEPLOYED, PRODUCTION_FILE, ComposeStack, run, running_stack, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -28,7 +28,9 @@ FEATURES = ("chat", "embed", "rerank")
 
 
 @pytest.fixture(scope="module")
-def deployed(app_image: str, local_images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def deployed(
+    app_image: str, local_images: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComposeStack]:
     with running_stack((PRODUCTION_FILE,), tmp_path_factory.mktemp("stack")) as stack:
         yield stack
 
@@ -61,7 +63,7 @@ class Ledger:
         return totals
 
 
-def post_until_accepted(stack: Stack, events: list[dict[str, Any]], ledger: Ledger) -> None:
+def post_until_accepted(stack: ComposeStack, events: list[dict[str, Any]], ledger: Ledger) -> None:
     """Retry a batch with the same ids until the API accepts it, as a client is told to."""
     for _ in range(60):
         status, body = stack.call("POST", "/v1/events", events)
@@ -75,7 +77,7 @@ def post_until_accepted(stack: Stack, events: list[dict[str, Any]], ledger: Ledg
 
 
 def load(
-    stack: Stack, ledger: Ledger, loader: int, stop: threading.Event, errors: list[BaseException]
+    stack: ComposeStack, ledger: Ledger, loader: int, stop: threading.Event, errors: list[BaseException]
 ) -> None:
     try:
         sent = 0
@@ -97,32 +99,32 @@ def load(
         errors.append(error)
 
 
-def worker_started_at(stack: Stack) -> str:
+def worker_started_at(stack: ComposeStack) -> str:
     container = stack.compose("ps", "-q", "worker").strip()
     return run("docker", "inspect", "-f", "{{.State.StartedAt}}", container).stdout.strip()
 
 
-def worker_restarted(stack: Stack, started: str) -> bool:
+def worker_restarted(stack: ComposeStack, started: str) -> bool:
     return worker_started_at(stack) != started
 
 
-def restart_worker(stack: Stack) -> None:
+def restart_worker(stack: ComposeStack) -> None:
     """A deploy or `docker compose restart`: SIGTERM, the batch in flight finishes or stays pending."""
     stack.compose("restart", "--timeout", "20", "worker")
 
 
-def crash_worker(stack: Stack) -> None:
+def crash_worker(stack: ComposeStack) -> None:
     """A crash: every process in the container killed at once, a batch possibly committed but not acked.
     The restart policy brings it back; the pending entries are reclaimed after FLAGMETER_CLAIM_IDLE_MS."""
     stack.compose("exec", "-T", "worker", "sh", "-c", "kill -KILL -1", check=False)
 
 
-def test_api_is_published_on_loopback_only(deployed: Stack) -> None:
+def test_api_is_published_on_loopback_only(deployed: ComposeStack) -> None:
     published = deployed.compose("port", "api", "8080").strip()
     assert published.startswith("127.0.0.1:")
 
 
-def _sign_in(stack: Stack, token: str, forwarded_for: str) -> int:
+def _sign_in(stack: ComposeStack, token: str, forwarded_for: str) -> int:
     request = urllib.request.Request(
         f"{stack.base_url}/login",
         data=urllib.parse.urlencode({"token": token}).encode(),
@@ -135,7 +137,7 @@ def _sign_in(stack: Stack, token: str, forwarded_for: str) -> int:
         return int(error.code)
 
 
-def test_sign_ins_behind_the_reverse_proxy_are_throttled_per_client(deployed: Stack) -> None:
+def test_sign_ins_behind_the_reverse_proxy_are_throttled_per_client(deployed: ComposeStack) -> None:
     # The test stands in for the reverse proxy in front of the published port: it appends the client's
     # address. Docker's port publishing hands the API a private gateway address, which the stack trusts.
     # The count is in Redis, one for both API processes: the 11th try is refused, whichever serves it.
@@ -146,7 +148,7 @@ def test_sign_ins_behind_the_reverse_proxy_are_throttled_per_client(deployed: St
 
 
 @pytest.mark.parametrize("service", ["api", "worker"])
-def test_the_image_healthcheck_passes_in_api_and_worker(deployed: Stack, service: str) -> None:
+def test_the_image_healthcheck_passes_in_api_and_worker(deployed: ComposeStack, service: str) -> None:
     # The compose file has its own checks; the image's (used where no compose file sets one, e.g. plain
     # `docker run`) finds the role from PID 1's command line and must hold for both roles.
     test = json.loads(
@@ -156,7 +158,7 @@ def test_the_image_healthcheck_passes_in_api_and_worker(deployed: Stack, service
     deployed.compose("exec", "-T", service, *test[1:])
 
 
-def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(deployed: Stack) -> None:
+def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(deployed: ComposeStack) -> None:
     status, body = deployed.call(
         "POST", "/v1/tenants", {"id": TENANT, "name": "Deploy test", "monthly_quota": 10**12}
     )
@@ -205,7 +207,7 @@ def test_every_accepted_event_is_counted_once_across_worker_restart_and_crash(de
     assert rows == f"{len(ledger.tokens)}|{len(ledger.tokens)}"
 
 
-def test_no_container_hit_its_memory_limit_under_the_load(deployed: Stack) -> None:
+def test_no_container_hit_its_memory_limit_under_the_load(deployed: ComposeStack) -> None:
     # Runs after the load test above (same module-scoped stack): the limits of docs/memory-budget.md hold.
     containers = deployed.compose("ps", "-aq").split()
     states = run("docker", "inspect", "-f", "{{.Name}} {{.State.OOMKilled}}", *containers).stdout.split("\n")
