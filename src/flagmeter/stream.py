@@ -1,6 +1,8 @@
 """The Redis stream between API and worker: append (with the rate limit), read, ack, reclaim, dead-letter.
 
-Every Redis call of FlagMeter lives here.
+A Stream owns the Redis client; the other Redis data lives beside the stream, on its client and named
+after it: the quota figures (quota_figures.py, tally.py), usage versions (usage_versions.py) and failed
+sign-ins (sign_in_failures.py).
 """
 
 from __future__ import annotations
@@ -23,33 +25,7 @@ from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Event
 from .quota import tally
-
-# Lua helpers shared by the scripts here and in tally.py. A stream entry's field `t` holds its tally:
-# the tokens it adds to the pending figures, as a JSON array [day field, tokens, ...] (quota.tally).
-TALLY_LUA = """
-local function add_tally(pending, tally, sign)
-  if type(tally) == 'table' then  -- an entry's field list: find `t`
-    local found = nil
-    for i = 1, #tally, 2 do if tally[i] == 't' then found = tally[i + 1] end end
-    tally = found
-  end
-  if not tally or tally == '' then return end
-  local figures = cjson.decode(tally)
-  for i = 1, #figures, 2 do
-    local left = redis.call('HINCRBY', pending, figures[i], sign * figures[i + 1])
-    if left <= 0 then redis.call('HDEL', pending, figures[i]) end
-  end
-end
-"""
-# Absolute totals: a field only ever grows, so acks applied late or twice can never lower one.
-MAX_MERGE_LUA = """
-local function max_merge(counted, first)
-  for i = first, #ARGV, 2 do
-    local current = tonumber(redis.call('HGET', counted, ARGV[i])) or 0
-    if tonumber(ARGV[i + 1]) > current then redis.call('HSET', counted, ARGV[i], ARGV[i + 1]) end
-  end
-end
-"""
+from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
 # The appends of the requests that waited for the previous call (see Stream.append), in one atomic call.
 # A request's accepted events travel as ONE stream entry (a JSON array of rows): one XADD, one
@@ -133,47 +109,6 @@ return acked
 )
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaKeys:
-    """The Redis keys of the quota figures (see tally.py), named beside the stream they follow."""
-
-    pending: str
-    counted: str
-    loaded: str
-    rebuilding: str
-    base: str
-
-    @classmethod
-    def beside(cls, stream: str) -> QuotaKeys:
-        base = f"{stream}:quota"
-        return cls(f"{base}:pending", f"{base}:counted", f"{base}:loaded", f"{base}:rebuilding", base)
-
-    def holds(self, tenant: str) -> str:
-        return f"{self.base}:holds:{tenant}"
-
-    def expiry(self, tenant: str) -> str:
-        return f"{self.base}:expiry:{tenant}"
-
-
-# One failed dashboard sign-in of an address: its count in a fixed window of ARGV[1] ms, shared by every
-# API process. The expiry is set when the window opens (or if a key somehow has none). Reply: count, ms left.
-COUNT_FAILURE_LUA = """
-local count = redis.call('INCR', KEYS[1])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('PTTL', KEYS[1])}
-"""
-SIGN_IN_TIMEOUT_S = 1.0  # a sign-in does not wait longer than this for Redis
-
-# Per-tenant usage versions only ever rise: KEYS[i] becomes ARGV[i] unless it is already at or above it.
-RAISE_VERSIONS_LUA = """
-for i, key in ipairs(KEYS) do
-  local version = tonumber(ARGV[i])
-  if (tonumber(redis.call('GET', key)) or -1) < version then redis.call('SET', key, version) end
-end
-return 0
-"""
-
-
 MAX_APPEND_BYTES = 512 * 1024  # per script call: Redis runs it atomically, keep it short
 
 
@@ -249,8 +184,6 @@ class Stream:
         self._append_script = client.register_script(APPEND_LUA)
         self._append_sha = self._append_script.sha
         self._ack = client.register_script(ACK_LUA)
-        self._count_failure = client.register_script(COUNT_FAILURE_LUA)
-        self._raise_versions = client.register_script(RAISE_VERSIONS_LUA)
         self._waiting: list[_Append] = []
         self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
         self._append_connection: Any = None
@@ -509,62 +442,6 @@ class Stream:
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
         return len(entries)
-
-    # -- per-tenant usage versions: what a cached usage answer is checked against (api/usage.py) --
-
-    def _usage_version_key(self, tenant: str) -> str:
-        return f"{self.name}:usage-version:{tenant}"
-
-    async def raise_usage_versions(self, versions: dict[str, int]) -> None:
-        """Raise each tenant's announced usage version to the given one (never lowers one).
-
-        Redis's errors pass through, as `ack`'s do: the worker calls this before it acks.
-        """
-        if versions:
-            keys = [self._usage_version_key(tenant) for tenant in versions]
-            await self._raise_versions(keys=keys, args=list(versions.values()))
-
-    async def usage_version(self, tenant: str) -> int:
-        """The tenant's announced usage version (0 before any); StreamUnavailable when unknowable."""
-        try:
-            version = await self.client.get(self._usage_version_key(tenant))
-        except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
-        return int(version or 0)
-
-    async def announce_usage_version(self, tenant: str, version: int) -> None:
-        """`raise_usage_versions` for the API: StreamUnavailable when Redis cannot be reached."""
-        try:
-            await self.raise_usage_versions({tenant: version})
-        except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
-
-    # -- failed dashboard sign-ins, per client address, shared by every API process --------------
-
-    def _failures_key(self, address: str) -> str:
-        return f"{self.name}:sign-in-failures:{address}"  # beside the stream: previews sharing a Redis apart
-
-    async def count_sign_in_failure(self, address: str, window_ms: int) -> tuple[int, int]:
-        """Count one failure of `address`; (failures in its window, ms until the window ends)."""
-        try:
-            reply = await asyncio.wait_for(
-                self._count_failure(keys=[self._failures_key(address)], args=[window_ms]), SIGN_IN_TIMEOUT_S
-            )
-        except (RedisError, OSError, TimeoutError) as error:
-            raise StreamUnavailable(str(error)) from error
-        return int(reply[0]), int(reply[1])
-
-    async def sign_in_failures(self, address: str) -> tuple[int, int]:
-        """(failures of `address` in its current window, ms until it ends); (0, 0) with none."""
-        key = self._failures_key(address)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                count, left = await asyncio.wait_for(pipe.execute(), SIGN_IN_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError) as error:
-            raise StreamUnavailable(str(error)) from error
-        return (int(count), int(left)) if count is not None and int(left) > 0 else (0, 0)
 
     async def backlog(self) -> Backlog:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -10,6 +10,8 @@ so they are atomic across every API process and replica and need no PostgreSQL q
   that reads a tenant's holds first drops its expired ones.
 - loaded: a marker; without it (Redis lost its data) the figures are rebuilt from PostgreSQL and the
   stream before any answer, so a check never answers 0 used for want of them.
+
+The keys, and the Lua helpers the stream's scripts share, are in quota_figures.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .stream import MAX_MERGE_LUA, TALLY_LUA, Stream, StreamUnavailable
+from .quota_figures import MAX_MERGE_LUA, TALLY_LUA
+from .stream import Stream, StreamUnavailable
 
 DailyTotals = Sequence[tuple[str, int]]  # (day_field(tenant, day), tokens)
 REBUILD_LOCK_MS = 30_000

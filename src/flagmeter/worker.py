@@ -21,6 +21,7 @@ from .events import MAX_BATCH
 from .ledger import LedgerInsert
 from .store import BatchResult, Store, StoreUnavailable
 from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
+from .usage_versions import UsageVersions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.stream = stream
+        self.usage_versions = UsageVersions(stream)
         self.courier = courier
         self.concurrency = concurrency
         self.ledger = LedgerInsert()  # this worker's guess at the ledger insert's form
@@ -193,7 +195,7 @@ class Worker:
             metrics.dead_letter_total.labels("unknown_tenant").inc(len(unknown))
         unknown_ids = {e.id for e in unknown}
         # Before the ack: should this fail, the entries are counted again (as duplicates) and raise it.
-        await self.stream.raise_usage_versions(result.usage_versions)
+        await self.usage_versions.raise_to(result.usage_versions)
         # The same call moves the entries' tokens from pending to counted in the quota figures (tally.py).
         await self.stream.ack([e.id for e in entries if e.id not in unknown_ids], result.daily_totals)
 

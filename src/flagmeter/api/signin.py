@@ -8,6 +8,7 @@ import math
 import time
 
 from ..config import Network
+from ..sign_in_failures import SignInFailures
 from ..stream import Stream, StreamUnavailable
 
 
@@ -42,7 +43,7 @@ def _within(text: str, networks: tuple[Network, ...]) -> bool:
 class FailureThrottle:
     """Counts failed sign-ins per client address in a fixed window; past `allowed`, refuse them all.
 
-    The count lives in Redis (`Stream.count_sign_in_failure`), so it is one count for every API process
+    The count lives in Redis (sign_in_failures.py), so it is one count for every API process
     and replica. While Redis is unreachable each process counts in its own memory instead: sign-in keeps
     working in a Redis outage (the operator needs the dashboard then), and an address gets at most
     N x `allowed` guesses per window from N processes until Redis is back.
@@ -51,15 +52,15 @@ class FailureThrottle:
     def __init__(self, allowed: int, window_s: float, stream: Stream | None = None) -> None:
         self.allowed = allowed
         self.window_s = window_s
-        self.stream = stream
+        self.failures = SignInFailures(stream) if stream is not None else None
         self.local = LocalFailureCount(window_s)
 
     async def retry_after(self, address: str) -> int:
         """Seconds until `address` may try again; 0 when it may try now."""
         try:
-            if self.stream is None:
+            if self.failures is None:
                 raise StreamUnavailable("no Redis")
-            count, left_ms = await self.stream.sign_in_failures(address)
+            count, left_ms = await self.failures.current(address)
             left = left_ms / 1000
         except StreamUnavailable:
             count, left = self.local.get(address)
@@ -68,9 +69,9 @@ class FailureThrottle:
     async def failed(self, address: str) -> bool:
         """Count one failure; True when it is the one that closes the door on `address`."""
         try:
-            if self.stream is None:
+            if self.failures is None:
                 raise StreamUnavailable("no Redis")
-            count, _ = await self.stream.count_sign_in_failure(address, int(self.window_s * 1000))
+            count, _ = await self.failures.count(address, int(self.window_s * 1000))
         except StreamUnavailable:
             count = self.local.add(address)
         return count == self.allowed

@@ -13,6 +13,7 @@ from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
 from ..store import WINDOWS, CurrentUsage, Store, StoreUnavailable, Tenant
 from ..stream import Stream, StreamUnavailable
+from ..usage_versions import UsageVersions
 from .auth import Principal
 from .errors import ApiError, json_response
 
@@ -42,13 +43,13 @@ class UsageCache:
 
     def __init__(self, store: Store, stream: Stream, max_age_s: float = USAGE_CACHE_MAX_AGE_S) -> None:
         self._store = store
-        self._stream = stream
+        self._versions = UsageVersions(stream)
         self._max_age_s = max_age_s
         self._answers: dict[str, _Cached] = {}
 
     async def current(self, tenant_id: str, now: datetime) -> CurrentUsage | None:
         try:
-            announced = await self._stream.usage_version(tenant_id)
+            announced = await self._versions.announced(tenant_id)
         except StreamUnavailable:
             return (await self._store.current_usage(now, tenant_id)).get(tenant_id)
         cached = self._answers.get(tenant_id)
@@ -78,7 +79,7 @@ class UsageCache:
             return None
         if usage.version > announced:
             try:
-                await self._stream.announce_usage_version(tenant_id, usage.version)
+                await self._versions.announce(tenant_id, usage.version)
             except StreamUnavailable:
                 self._answers.pop(tenant_id, None)
                 return usage  # shown, but not kept: other processes may not know it is current
