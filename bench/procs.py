@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _children_by_parent() -> dict[int, list[int]]:
@@ -71,6 +72,35 @@ def _memory_bytes(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """A process's memory cgroup (a container's: all its processes share it), v1 or v2."""
+
+    path: Path
+    usage_file: str  # v2 memory.current, v1 memory.usage_in_bytes: what the limit is held to
+    inactive_key: str  # the page cache it could drop first, in memory.stat
+
+    @classmethod
+    def of(cls, pid: int) -> MemoryCgroup:
+        lines = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+        if "memory" in lines:  # cgroup v1 (Docker's cgroupfs driver)
+            return cls(
+                CGROUP_ROOT / "memory" / lines["memory"].lstrip("/"),
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            )
+        return cls(CGROUP_ROOT / lines[""].lstrip("/"), "memory.current", "inactive_file")
+
+    def read(self) -> tuple[int, int]:
+        """Charged bytes, and the working set `docker stats` shows (charged less inactive page cache)."""
+        try:
+            charged = int((self.path / self.usage_file).read_text())
+            stat = dict(line.split() for line in (self.path / "memory.stat").read_text().splitlines())
+        except (OSError, ValueError):
+            return 0, 0
+        return charged, charged - int(stat.get(self.inactive_key, 0))
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -102,6 +132,8 @@ def machine_busy_seconds() -> float:
 class RoleUsage:
     peak_rss_bytes: int = 0  # the sum of the processes' RSS counts pages they share once per process
     peak_pss_bytes: int = 0
+    peak_cgroup_bytes: int = 0  # the role's own cgroup (a container's), when it has one: charged
+    peak_working_set_bytes: int = 0  # ... less its inactive page cache, as `docker stats` shows it
     cpu_seconds: float = 0.0
 
 
@@ -115,10 +147,13 @@ class ResourceSampler:
     """
 
     roles: dict[str, int]
+    cgroups: dict[str, MemoryCgroup] = field(default_factory=dict)  # role: its own cgroup, if it has one
     interval_s: float = 0.5  # a sample costs ~20 ms of CPU (/proc scan, smaps_rollup per process)
     usage: dict[str, RoleUsage] = field(default_factory=dict)
     peak_service_rss_bytes: int = 0  # api + worker together, at the same instant
     peak_service_pss_bytes: int = 0
+    peak_service_cgroup_bytes: int = 0
+    peak_service_working_set_bytes: int = 0
     machine_busy_s: float = 0.0  # every core, every process: shows what else ran meanwhile
     _cpu_first: dict[str, dict[int, float]] = field(default_factory=dict)
     _cpu_last: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -149,6 +184,14 @@ class ResourceSampler:
         self.peak_service_rss_bytes = max(self.peak_service_rss_bytes, service)
         service_pss = pss.get("api", 0) + pss.get("worker", 0)
         self.peak_service_pss_bytes = max(self.peak_service_pss_bytes, service_pss)
+        charged = {role: cgroup.read() for role, cgroup in self.cgroups.items()}
+        for role, (size, working_set) in charged.items():
+            usage = self.usage[role]
+            usage.peak_cgroup_bytes = max(usage.peak_cgroup_bytes, size)
+            usage.peak_working_set_bytes = max(usage.peak_working_set_bytes, working_set)
+        api, worker = charged.get("api", (0, 0)), charged.get("worker", (0, 0))
+        self.peak_service_cgroup_bytes = max(self.peak_service_cgroup_bytes, api[0] + worker[0])
+        self.peak_service_working_set_bytes = max(self.peak_service_working_set_bytes, api[1] + worker[1])
 
     def processes(self) -> list[dict[str, object]]:
         """CPU seconds of every process seen in the window, by role, busiest first."""

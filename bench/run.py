@@ -185,7 +185,7 @@ def measure_step(
     tenants = fresh_tenants(stack, step.name, stamp)
     recordings = []
     load = generator.Load(step.kind, step.rate, step.seconds, step.connections, batch=BATCH)
-    with ResourceSampler(stack.roles()) as sampler:
+    with ResourceSampler(stack.roles(), stack.cgroups()) as sampler:
         if profile_dir is not None:
             for role in ("api", "worker"):
                 out = profile_dir / f"{step.name}-{role}.txt"
@@ -231,6 +231,16 @@ def measure_step(
         | {"api_plus_worker": _round(sampler.peak_service_rss_bytes / MB)},
         "peak_pss_mb": {role: _round(u.peak_pss_bytes / MB) for role, u in usage.items()}
         | {"api_plus_worker": _round(sampler.peak_service_pss_bytes / MB)},
+        "peak_cgroup_mb": {role: _round(usage[role].peak_cgroup_bytes / MB) for role in sampler.cgroups}
+        | {"api_plus_worker": _round(sampler.peak_service_cgroup_bytes / MB) if sampler.cgroups else None},
+        "peak_working_set_mb": {
+            role: _round(usage[role].peak_working_set_bytes / MB) for role in sampler.cgroups
+        }
+        | {
+            "api_plus_worker": _round(sampler.peak_service_working_set_bytes / MB)
+            if sampler.cgroups
+            else None
+        },
         "cpu_s": cpu_s,
         "cpu_us_per_request": per_unit(cpu_s, result.completed),
         "cpu_us_per_event": per_unit(cpu_s, accepted, 2),
@@ -278,6 +288,8 @@ COLUMNS = (
     ("lag p99 ms", "{lag[p99_ms]}", 10),
     ("PSS api+wkr MB", "{peak_pss_mb[api_plus_worker]}", 14),
     ("RSS api+wkr MB", "{peak_rss_mb[api_plus_worker]}", 14),
+    ("cgroup api+wkr MB", "{peak_cgroup_mb[api_plus_worker]}", 17),
+    ("wset api+wkr MB", "{peak_working_set_mb[api_plus_worker]}", 15),
 )
 # CPU per request (mix) or per event (batch): the service's roles, their sum, and the generator's
 CPU_COLUMNS = (
@@ -345,6 +357,12 @@ def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "pss_150mb_at_target_steps": {s["step"]: s["peak_pss_mb"]["api_plus_worker"] for s in at_target},
         "pss_150mb_met": bool(at_target)
         and all(s["peak_pss_mb"]["api_plus_worker"] <= TARGET_PSS_MB for s in at_target),
+        # only the compose stack (--compose) gives each role a cgroup of its own
+        "cgroup_150mb_at_target_steps": {
+            s["step"]: s["peak_cgroup_mb"]["api_plus_worker"]
+            for s in at_target
+            if s["peak_cgroup_mb"]["api_plus_worker"]
+        },
         "all_steps_counted_exactly": all(s["all_counted"] for s in steps),
     }
 
@@ -359,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="", help="comma-separated step names to record with py-spy")
     parser.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
     parser.add_argument("--no-floor", action="store_true", help="skip the aiohttp floors (saves ~40 s)")
+    parser.add_argument(
+        "--compose", action="store_true", help="the service in the production compose stack (containers)"
+    )
     parser.add_argument("--output", type=Path, help="result JSON (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
 
@@ -389,7 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             floors.append(measure_floor(5 if args.quick else 10, FLOOR_RATE, mode))
     quota: dict[str, Any] | None = None
     run_dir = ROOT / ".run" / f"bench-{stamp}"
-    with running_stack(run_dir, args.processes) as stack:
+    if args.compose:
+        from bench.compose import running_compose_stack as deployed
+    else:
+        deployed = running_stack
+    with deployed(run_dir, args.processes) as stack:
         probe_tenant = f"bench-probe-{stamp.lower()}"
         probe_key = create_tenant(stack.api_url, stack.admin_token, probe_tenant)
         for step in steps:
@@ -422,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.monotonic() - started, 1),
         "calibration": calibration,
         "machine": machine(),
+        "deployment": "compose/docker-compose.yml" if args.compose else "local processes (bench/stack.py)",
         "plan": [asdict(step) for step in steps],
         "floor": floors,
         "skipped": skipped,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import pid_of_command
+from bench.procs import MemoryCgroup, pid_of_command
 
 from flagmeter import launch
 from flagmeter.launch import Process
@@ -44,6 +44,9 @@ class Stack(launch.Stack):
         """Root pid of each role, for the resource sampler."""
         assert self.api and self.worker
         return {"api": self.api.pid, "worker": self.worker.pid, **self.server_pids}
+
+    def cgroups(self) -> dict[str, MemoryCgroup]:
+        return {}  # the roles share the harness's cgroup: only the compose stack has one per role
 
 
 def _servers(run_dir: Path) -> tuple[LocalStack | None, str, str]:
