@@ -6,12 +6,13 @@ Each aggregate's SQL lives in its own module (tenants, counting, usage, outbox, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aiopg
+import orjson
 import psycopg2
 import psycopg2.extensions
 
@@ -45,15 +46,23 @@ def ms_to_datetime(moment_ms: int) -> datetime:
 
 # The batch's columns travel as array literals ('{"a","b"}'), not as Python lists: psycopg2 turns a
 # list into an ARRAY[...] expression of one constant per element, which costs PostgreSQL and the
-# worker ~9 us per event each to build and parse; a literal costs under 1 us on each side.
+# worker ~9 us per event each to build and parse; a literal costs under 1 us on each side, and
+# written by orjson (C) a quarter of what joining Python strings costs.
 def text_array(values: Sequence[str]) -> str:
-    if not values:
-        return "{}"
-    return '{"' + '","'.join([v.replace("\\", "\\\\").replace('"', '\\"') for v in values]) + '"}'
+    # orjson writes a string as an array literal's element wants it ("..." with \" and \\) unless it
+    # holds a control character, which JSON writes as an escape (\n, \u0001) that a literal would
+    # misread: then escape by hand. Non-ASCII text stays as it is in both.
+    literal = orjson.dumps(values)
+    if b"\\" not in literal:
+        return "{" + literal[1:-1].decode() + "}"
+    return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
 
 
-def int_array(values: Iterable[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
+def int_array(values: Sequence[int]) -> str:
+    try:
+        return "{" + orjson.dumps(values)[1:-1].decode() + "}"
+    except orjson.JSONEncodeError:  # beyond 64 bits: orjson cannot write it, str() can
+        return "{" + ",".join(map(str, values)) + "}"
 
 
 class Database:

@@ -82,15 +82,17 @@ class CountingStore(Database):
                 by_tenant.setdefault(event.tenant, {}).setdefault(event.id, event)
             batch = [ids[i] for _, ids in sorted(by_tenant.items()) for i in sorted(ids)]
             period_ms = _period_starts(batch, billing_days)
+            # Event's fields, column by column
+            tenants, event_ids, features, tokens, occurred, received = zip(*batch, strict=True)
             await cur.execute(
                 sql,
                 (
-                    text_array([e.tenant for e in batch]),
-                    text_array([e.id for e in batch]),
-                    text_array([e.feature for e in batch]),
-                    int_array([e.tokens for e in batch]),
-                    int_array([e.occurred_ms for e in batch]),
-                    int_array([e.received_ms for e in batch]),
+                    text_array(tenants),
+                    text_array(event_ids),
+                    text_array(features),
+                    int_array(tokens),
+                    int_array(occurred),
+                    int_array(received),
                     int_array(period_ms),
                 ),
             )
