@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.lag import percentile  # noqa: E402
-from bench.procs import ResourceSampler, process_tree  # noqa: E402
+from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
 from bench.run import FLOOR_MODES  # noqa: E402
 
@@ -55,6 +55,48 @@ def test_process_tree_follows_grandchildren() -> None:
         for pid in process_tree(parent.pid)[::-1]:
             subprocess.run(["kill", str(pid)], check=False)
         parent.wait(10)
+
+
+def _new_memory_cgroup() -> Path:
+    """A fresh memory cgroup of our own, as Docker makes one per container (v1 or v2)."""
+    name = f"flagmeter-test-{time.monotonic_ns()}"
+    v1 = CGROUP_ROOT / "memory"
+    if (v1 / "cgroup.procs").exists():
+        path = v1 / name
+    elif "memory" in (CGROUP_ROOT / "cgroup.subtree_control").read_text(errors="replace").split():
+        path = CGROUP_ROOT / name
+    else:
+        pytest.skip("no memory cgroup hierarchy this process may create cgroups in")
+    path.mkdir()
+    return path
+
+
+def test_sampler_reads_a_containers_memory_from_its_cgroup() -> None:
+    size = 64 * 1024 * 1024
+    cgroup = _new_memory_cgroup()
+    # The holder allocates only once it is in the cgroup: pages are charged where they are first touched.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline()\n" + HOLD_MEMORY.format(size=size)],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        (cgroup / "cgroup.procs").write_text(str(holder.pid))
+        found = MemoryCgroup.of(holder.pid)
+        assert found.path == cgroup
+        assert holder.stdin is not None
+        holder.stdin.write(b"go\n")
+        holder.stdin.flush()
+        with ResourceSampler({"holder": holder.pid}, {"holder": found}, interval_s=0.05) as sampler:
+            wait_until(lambda: found.read()[0] >= size, 20, "the holder's pages charged to its cgroup")
+        usage = sampler.usage["holder"]
+        assert size <= usage.peak_cgroup_bytes < 2 * size
+        assert size <= usage.peak_working_set_bytes <= usage.peak_cgroup_bytes
+        assert sampler.peak_service_cgroup_bytes == 0  # only api and worker count as the service
+    finally:
+        holder.kill()
+        holder.wait(10)
+        wait_until(lambda: not (cgroup / "cgroup.procs").read_text().strip(), 10, "the cgroup emptied")
+        cgroup.rmdir()
 
 
 def test_sampler_charges_a_roles_cpu_and_peak_memory_to_it() -> None:
