@@ -40,6 +40,20 @@ def test_api_refuses_to_start_without_an_admin_token(stack: Stack) -> None:
     assert done.returncode == 2 and "FLAGMETER_ADMIN_TOKEN" in done.stderr
 
 
+def test_management_commands_without_a_database_url_say_so(stack: Stack, tmp_path: Path) -> None:
+    # FLAGMETER_RUN_DIR: no running dev stack to borrow the settings of
+    env = {k: v for k, v in stack.env.items() if k != "DATABASE_URL"} | {"FLAGMETER_RUN_DIR": str(tmp_path)}
+    for command in (["migrate"], ["tenant", "list"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "flagmeter.cli", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode != 0 and "missing required environment: DATABASE_URL" in done.stderr, command
+
+
 def test_tenant_create_list_and_key(stack: Stack) -> None:
     tenant = f"cli-{uuid.uuid4().hex[:8]}"
     created = flagmeter(

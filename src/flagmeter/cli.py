@@ -17,7 +17,7 @@ from typing import Any
 
 from . import logs
 from .admin import seed, thresholds
-from .config import ConfigError, Settings, clock_from_env
+from .config import ConfigError, Settings, clock_from_env, database_url_from, log_level_from
 from .events import TENANT_ID
 from .listen import PortTaken, ensure_free
 from .processes import preload_api, run, serve_api, serve_worker
@@ -96,11 +96,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from .store import migrate
 
     env = _environment()
-    database_url = env.get("DATABASE_URL")
-    if not database_url:
-        print("flagmeter: missing required environment: DATABASE_URL", file=sys.stderr)
+    try:
+        database_url = database_url_from(env)
+    except ConfigError as error:
+        print(f"flagmeter: {error}", file=sys.stderr)
         return 2
-    logs.setup(env.get("FLAGMETER_LOG_LEVEL", "INFO"))
+    logs.setup(log_level_from(env))
     applied = run(migrate(database_url))
     log.info("migrations done", extra={"applied": applied})
     return 0
@@ -109,9 +110,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 async def _with_store(fn: Callable[[Any], Awaitable[Any]]) -> Any:
     from .store import Store
 
-    database_url = _environment().get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("flagmeter: missing required environment: DATABASE_URL")
+    try:
+        database_url = database_url_from(_environment())
+    except ConfigError as error:
+        raise SystemExit(f"flagmeter: {error}") from None
     store = await Store.connect(database_url, size=2)
     try:
         return await fn(store)

@@ -53,6 +53,17 @@ def _flag(env: dict[str, str], name: str) -> bool:
     return env.get(name, "").lower() in {"1", "true", "yes", "on"}
 
 
+def database_url_from(env: dict[str, str]) -> str:
+    """DATABASE_URL alone: all that the management commands (migrate, seed, tenant, prune) need."""
+    if not env.get("DATABASE_URL"):
+        raise ConfigError("missing required environment: DATABASE_URL")
+    return env["DATABASE_URL"]
+
+
+def log_level_from(env: dict[str, str]) -> str:
+    return env.get("FLAGMETER_LOG_LEVEL", "INFO").upper()
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str
@@ -113,7 +124,7 @@ class Settings:
             large_batches_in_flight=_int(env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 8, 1),
             login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", 10, 1),
             trusted_proxies=_networks(env, "FLAGMETER_TRUSTED_PROXIES"),
-            log_level=env.get("FLAGMETER_LOG_LEVEL", "INFO").upper(),
+            log_level=log_level_from(env),
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
             stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),
             consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", "flagmeter-workers"),
