@@ -103,8 +103,10 @@ def run_dev(run_dir: Path, port: int) -> int:
         base = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"
         try:
             wait_http(f"{base}/ready", 30, process=children[0])
+            if worker_port:  # the banner below promises the worker's metrics too
+                wait_http(f"{base.rsplit(':', 1)[0]}:{worker_port}/health", 30, process=children[1])
         except (TimedOut, RuntimeError):
-            print("flagmeter: the API did not become ready; see the log above", file=sys.stderr)
+            print("flagmeter: the API or the worker did not become ready; see the log above", file=sys.stderr)
             return 1
         shared = _write_dev_environment(run_dir, env)
         tenant, key = keys[0]
