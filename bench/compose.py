@@ -28,19 +28,12 @@ SERVICES = {"api": "api", "worker": "worker", "postgres": "postgres", "redis": "
 
 
 def prepare_images(workdir: Path) -> None:
-    """The engine, the local base images and `flagmeter:local` of this checkout, as the deploy tests'
-    fixtures make them (each step does nothing when already done)."""
-    deploy_support.run("sh", str(ROOT / ".ci/dockerd.sh"), timeout=180)
-    deploy_support.run("sh", str(ROOT / ".ci/compose-plugin.sh"), timeout=300)
-    deploy_support.run("bash", str(ROOT / "tests/images/build.sh"), timeout=900)
-    have = deploy_support.run(
-        "docker", "image", "inspect", "-f",
-        f'{{{{index .Config.Labels "{deploy_support.SOURCE_LABEL}"}}}}', deploy_support.APP_IMAGE,
-        check=False,
-    ).stdout.strip()  # fmt: skip
-    if have != deploy_support.source_hash(deploy_support.BASE_IMAGE):
-        workdir.mkdir(parents=True, exist_ok=True)
-        deploy_support.build_app_image(workdir)
+    """The engine, the local base images and `flagmeter:local` of this checkout, made as the deploy
+    tests' fixtures make them (each step does nothing when already done)."""
+    deploy_support.ensure_docker_engine()
+    deploy_support.ensure_local_images()
+    workdir.mkdir(parents=True, exist_ok=True)
+    deploy_support.ensure_app_image(workdir)
 
 
 @dataclass

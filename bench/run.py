@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -43,8 +42,7 @@ from bench.procs import ResourceSampler  # noqa: E402
 from bench.stack import running_stack  # noqa: E402
 from loadtest.run import run_script  # noqa: E402
 
-from flagmeter.launch import wait_until  # noqa: E402
-from flagmeter.localstack import free_port  # noqa: E402
+from flagmeter.localstack import free_port, wait_port  # noqa: E402
 from loadtest import verify  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -95,12 +93,7 @@ def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
     port = free_port()
     app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), mode])
     try:
-        wait_until(
-            lambda: socket.create_connection(("127.0.0.1", port)).close() is None,
-            30,
-            "the floor's port",
-            ignoring=(OSError,),
-        )
+        wait_port(port, 30, "bench/floor.py")
         with ResourceSampler({"floor": app.pid}) as sampler:
             load = generator.run(
                 generator.Load("post", rate, seconds, 200), f"http://127.0.0.1:{port}", [], "floor"

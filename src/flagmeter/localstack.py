@@ -48,7 +48,8 @@ def _redis_server() -> str:
     raise MissingBinary(f"redis-server not found; install it: {INSTALL_HINT}")
 
 
-def _wait_port(port: int, timeout: float, what: str) -> None:
+def wait_port(port: int, timeout: float, what: str) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -133,7 +134,7 @@ class LocalStack:
             if started.returncode != 0:
                 log = (self.pg_data / "server.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"PostgreSQL did not start:\n{started.stderr.decode()}\n{log}")
-        _wait_port(self.pg_port, 30, "PostgreSQL")
+        wait_port(self.pg_port, 30, "PostgreSQL")
         exists = self._pg(
             "psql",
             "-h",
@@ -185,7 +186,7 @@ class LocalStack:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal: the API and worker stop first, then Redis
         )
-        _wait_port(self.redis_port, 15, "Redis")
+        wait_port(self.redis_port, 15, "Redis")
 
     def stop_redis(self) -> None:
         if self._redis is not None:

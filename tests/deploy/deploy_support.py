@@ -110,6 +110,28 @@ def build_app_image(tmp: Path) -> subprocess.CompletedProcess[str]:
     return run(*args, str(REPO), env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout=1200)
 
 
+def ensure_docker_engine() -> None:
+    """A running engine plus the compose and buildx CLI plugins, installed when missing."""
+    run("sh", str(REPO / ".ci/dockerd.sh"), timeout=180)
+    run("sh", str(REPO / ".ci/compose-plugin.sh"), timeout=300)
+
+
+def ensure_local_images() -> None:
+    """Debian 13 based python / postgres / valkey images (tests/images/README.md)."""
+    run("bash", str(REPO / "tests/images/build.sh"), timeout=900)
+
+
+def ensure_app_image(tmp: Path) -> str:
+    """`flagmeter:local`, rebuilt only when the Dockerfile, the lock or the source changed."""
+    have = run(
+        "docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{SOURCE_LABEL}"}}}}', APP_IMAGE,
+        check=False,
+    ).stdout.strip()  # fmt: skip
+    if have != source_hash(BASE_IMAGE):
+        build_app_image(tmp)
+    return APP_IMAGE
+
+
 ADMIN_TOKEN = "test-admin-token"
 
 
