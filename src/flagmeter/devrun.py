@@ -100,11 +100,12 @@ def run_dev(run_dir: Path, port: int) -> int:
         keys = [line.split("\t") for line in seeded.stdout.splitlines() if "\t" in line]
         children += [spawn(["api"], env), spawn(["worker"], env)]  # their output in this terminal
         host = env["FLAGMETER_LISTEN_HOST"]
-        base = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}"
+        address = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+        base = f"http://{address}:{port}"
         try:
             wait_http(f"{base}/ready", 30, process=children[0])
             if worker_port:  # the banner below promises the worker's metrics too
-                wait_http(f"{base.rsplit(':', 1)[0]}:{worker_port}/health", 30, process=children[1])
+                wait_http(f"http://{address}:{worker_port}/health", 30, process=children[1])
         except (TimedOut, RuntimeError):
             print("flagmeter: the API or the worker did not become ready; see the log above", file=sys.stderr)
             return 1

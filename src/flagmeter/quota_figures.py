@@ -1,15 +1,16 @@
 """The quota figures' Redis keys and the Lua helpers that change them (what the figures are: tally.py).
 
-Apart from tally.py because the stream's append and ack scripts (stream.py) change the figures too, in
-the same call as their XADD and XACK.
+Apart from tally.py because the stream's append and ack scripts (appender.py, stream.py) change the
+figures too, in the same call as their XADD and XACK.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Lua helpers of stream.py's and tally.py's scripts. A stream entry's field `t` holds its tally:
-# the tokens it adds to the pending figures, as a JSON array [day field, tokens, ...] (quota.tally).
+# Lua helpers of the append, ack (appender.py, stream.py) and tally.py scripts. A stream entry's
+# field `t` holds its tally: the tokens it adds to the pending figures, as a JSON array
+# [day field, tokens, ...] (quota.tally).
 TALLY_LUA = """
 local function add_tally(pending, tally, sign)
   if type(tally) == 'table' then  -- an entry's field list: find `t`
