@@ -29,10 +29,11 @@ sys.path[0] = str(ROOT)
 
 from bench.calibrate import calibrate, describe  # noqa: E402
 
-from flagmeter import store as store_module  # noqa: E402
 from flagmeter.events import Event  # noqa: E402
+from flagmeter.ledger import LedgerInsert  # noqa: E402
 from flagmeter.localstack import LocalStack  # noqa: E402
 from flagmeter.store import Store, migrate  # noqa: E402
+from flagmeter.store import counting as store_module  # noqa: E402
 
 TENANTS = ("count-a", "count-b", "count-c")
 FEATURES = ("chat", "embed", "summarize", "classify", "translate", "code.complete")
@@ -73,12 +74,13 @@ def batch(run: str, number: int, size: int, now_ms: int) -> list[Event]:
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     store = await Store.connect(url, size=1)
+    ledger = LedgerInsert()
     run = f"r{int(time.time())}"
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
     fill = 0
     while fill < args.ledger:
-        await store.write_batch(batch(f"{run}fill", fill, args.size, now_ms), now=now)
+        await store.write_batch(batch(f"{run}fill", fill, args.size, now_ms), now=now, ledger=ledger)
         fill += args.size
     async with store._cursor() as cur:  # the pool's one connection: the backend that counts
         await cur.execute("SELECT pg_backend_pid()")
@@ -91,7 +93,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     for group in range(0, args.batches, 10):
         before = backend_cpu_s(pid)
         for number in range(group, min(group + 10, args.batches)):
-            await store.write_batch(batch(run, number, args.size, now_ms), now=now)
+            await store.write_batch(batch(run, number, args.size, now_ms), now=now, ledger=ledger)
         done = min(group + 10, args.batches) - group
         per_event.append(1e6 * (backend_cpu_s(pid) - before) / (done * args.size))
     wall = time.perf_counter() - started

@@ -41,11 +41,20 @@ def day_of(moment_ms: int) -> str:
 
 def tally(events: Iterable[Event]) -> bytes:
     """What a stream entry adds to the pending figures: [field, tokens, ...] as JSON ('' when none)."""
+    # Runs of events of one tenant and day (a request's events mostly share both) are summed as
+    # integers, then added to their field's total: one name and one dict update per run.
     totals: dict[str, int] = {}
+    tenant, day, run = "", -1, 0
     for event in events:
-        if event.tokens:
-            field = day_field(event.tenant, day_of(event.occurred_ms))
-            totals[field] = totals.get(field, 0) + event.tokens
+        if event.occurred_ms // DAY_MS != day or event.tenant != tenant:
+            if run:
+                field = day_field(tenant, day_of(day * DAY_MS))
+                totals[field] = totals.get(field, 0) + run
+            tenant, day, run = event.tenant, event.occurred_ms // DAY_MS, 0
+        run += event.tokens
+    if run:
+        field = day_field(tenant, day_of(day * DAY_MS))
+        totals[field] = totals.get(field, 0) + run
     return orjson.dumps([x for pair in totals.items() for x in pair]) if totals else b""
 
 

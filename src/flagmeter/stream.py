@@ -82,7 +82,7 @@ def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
         rows = orjson.loads(payload)
         if rows and not isinstance(rows[0], list):
             rows = [rows]  # one bare row: an entry written before entries held whole requests
-        events: tuple[Event, ...] | None = tuple(Event.from_row(row) for row in rows) or None
+        events: tuple[Event, ...] | None = Event.from_rows(rows) or None
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
         events = None
     return Entry(ident, payload, events)

@@ -207,7 +207,8 @@ class Worker:
             metrics.worker_batches_recounted.inc()
         for tenant, tokens in result.tokens_by_tenant.items():
             metrics.tenant_tokens.labels(tenant).inc(tokens)
-        oldest = min(event.received_ms for e in entries for event in e.events or ())
+        # An entry is one request: its events share the time it was received.
+        oldest = min(e.events[0].received_ms for e in entries if e.events)
         metrics.rollup_lag.set(max(self.settings.clock.now_ms() - oldest, 0) / 1000)
         for alert in result.alerts:
             metrics.alerts_fired.labels(str(alert.threshold)).inc()

@@ -6,6 +6,7 @@ known inputs (the harness itself is run by `make bench`, never by the test suite
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import time
@@ -155,3 +156,17 @@ def test_every_floor_answers_202(mode: str) -> None:
     finally:
         floor.terminate()
         floor.wait(10)
+
+
+@pytest.mark.parametrize("variant", [None, "no-raw-events"])
+def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None) -> None:
+    """bench/counting.py (PostgreSQL's share of counting, for A/B of the statement) against the store's
+    current signatures: it once went stale for a whole issue, unnoticed, because nothing ran it."""
+    command = [sys.executable, str(ROOT / "bench" / "counting.py"), "--batches", "10", "--size", "200"]
+    command += ["--ledger", "400"] + (["--variant", variant] if variant else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert result["variant"] == variant
+    assert result["backend_us_per_event"] > 0
+    assert result["wall_us_per_event"] >= result["backend_us_per_event"] / 2

@@ -4,7 +4,7 @@ the alerts the batch crosses, in ONE transaction; the events table's partitions 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -14,7 +14,7 @@ from ..alerts import Alert
 from ..events import Event
 from ..ledger import LedgerInsert
 from ..periods import period_containing
-from ..quota import day_field, day_of
+from ..quota import DAY_MS, day_field, day_of
 from .base import Database, int_array, ms_to_datetime, text_array
 from .outbox import decide_alerts
 
@@ -81,9 +81,9 @@ class CountingStore(Database):
             for event in known:
                 by_tenant.setdefault(event.tenant, {}).setdefault(event.id, event)
             batch = [ids[i] for _, ids in sorted(by_tenant.items()) for i in sorted(ids)]
-            period_ms = _period_starts(batch, billing_days)
             # Event's fields, column by column
             tenants, event_ids, features, tokens, occurred, received = zip(*batch, strict=True)
+            period_ms, days = _periods_and_days(tenants, occurred, billing_days)
             await cur.execute(
                 sql,
                 (
@@ -99,7 +99,6 @@ class CountingStore(Database):
             rows = await cur.fetchall()
             # Read in a statement of its own: its snapshot holds any batch this one waited for on the
             # ledger, so the totals include every event of these entries, counted here or before.
-            days = sorted({(e.tenant, day_of(e.occurred_ms)) for e in batch})
             await cur.execute(
                 "SELECT d.tenant_id, d.day::text, d.tokens FROM daily_totals d"
                 " JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)",
@@ -157,19 +156,29 @@ class CountingStore(Database):
             return int(cur.rowcount), dropped
 
 
-def _period_starts(events: Iterable[Event], billing_days: dict[str, int]) -> list[int]:
-    """Period start (epoch ms) per event; memoised per (billing day, UTC day)."""
+def _periods_and_days(
+    tenants: Sequence[str], occurred_ms: Sequence[int], billing_days: dict[str, int]
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Each event's period start (epoch ms), and the (tenant, UTC day) pairs the events fall on, sorted.
+
+    Worked out once per run of events of one tenant and day (a batch sorted by tenant holds few runs),
+    and per (billing day, UTC day) once per batch.
+    """
     memo: dict[tuple[int, int], int] = {}
-    starts = []
-    for event in events:
-        day = billing_days[event.tenant]
-        key = (day, event.occurred_ms // 86_400_000)
-        start = memo.get(key)
-        if start is None:
-            start = int(period_containing(ms_to_datetime(event.occurred_ms), day).start.timestamp() * 1000)
-            memo[key] = start
+    starts: list[int] = []
+    days: set[tuple[str, int]] = set()
+    tenant, day, start = "", -1, 0
+    for name, moment_ms in zip(tenants, occurred_ms, strict=True):
+        if moment_ms // DAY_MS != day or name != tenant:
+            tenant, day = name, moment_ms // DAY_MS
+            days.add((tenant, day))
+            key = (billing_days[tenant], day)
+            start = memo.get(key, -1)
+            if start < 0:
+                moment = ms_to_datetime(day * DAY_MS)
+                start = memo[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
         starts.append(start)
-    return starts
+    return starts, [(t, day_of(d * DAY_MS)) for t, d in sorted(days)]
 
 
 # Counting one batch in one statement. Times travel as epoch milliseconds and become timestamps
