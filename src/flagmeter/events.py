@@ -122,12 +122,11 @@ def normalise(
     event_id = raw.get("id")
     if event_id is None:
         event_id = os.urandom(16).hex()
-    # [\x20-\x7e]: isprintable() excludes \x7f
     elif not (
         isinstance(event_id, str)
         and 0 < len(event_id) <= 128
         and event_id.isascii()
-        and event_id.isprintable()
+        and event_id.isprintable()  # with isascii: [\x20-\x7e] (isprintable() excludes \x7f)
     ):
         raise Rejection("invalid_id", "id must be 1-128 printable ASCII characters")
 

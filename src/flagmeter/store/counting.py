@@ -173,10 +173,11 @@ def _periods_and_days(
             tenant, day = name, moment_ms // DAY_MS
             days.add((tenant, day))
             key = (billing_days[tenant], day)
-            start = memo.get(key, -1)
-            if start < 0:
+            known = memo.get(key)
+            if known is None:
                 moment = ms_to_datetime(day * DAY_MS)
-                start = memo[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
+                known = memo[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
+            start = known
         starts.append(start)
     return starts, [(t, day_of(d * DAY_MS)) for t, d in sorted(days)]
 
