@@ -95,17 +95,22 @@ class Stack(launch.Stack):
         assert status == 201, body
         return tenant_id, body["api_key"]
 
-    def usage(self, tenant: str) -> dict[str, Any]:
-        status, body, _ = self.request("GET", f"/v1/usage/{tenant}")
+    def usage(self, tenant: str, base: str | None = None) -> dict[str, Any]:
+        """The tenant's usage as an API answers it. A test running its own stream (FLAGMETER_STREAM)
+        reads through its own API (`base`): usage versions live beside the stream, so an API on another
+        stream never hears of that worker's batches and may answer from its cache for up to a minute."""
+        status, body, _ = self.request("GET", f"/v1/usage/{tenant}", base=base)
         assert status == 200, body
         return dict(body)
 
-    def wait_used(self, tenant: str, expected: int, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_used(
+        self, tenant: str, expected: int, timeout: float = 20.0, base: str | None = None
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        usage = self.usage(tenant)
+        usage = self.usage(tenant, base)
         while usage["used"] != expected and time.monotonic() < deadline:
             time.sleep(0.1)
-            usage = self.usage(tenant)
+            usage = self.usage(tenant, base)
         assert usage["used"] == expected, usage
         return usage
 

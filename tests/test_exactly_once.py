@@ -109,9 +109,9 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
         poster.join(120)
         first, _ = stack.start_worker(**env)
         second, _ = stack.start_worker(**env)  # the dead workers' entries are reclaimed by either
-        stack.wait_used(tenant, expected, timeout=90)
+        stack.wait_used(tenant, expected, timeout=90, base=url)
         time.sleep(1.5)
-        assert stack.usage(tenant)["used"] == expected
+        assert stack.usage(tenant, url)["used"] == expected
         assert counted_rows(stack, tenant) == 30_000
         assert killed_holding >= 2, "workers were not killed holding entries; the test proved nothing"
         assert client.xlen(env["FLAGMETER_STREAM"]) == 0
@@ -132,9 +132,9 @@ def test_workers_racing_on_reclaimed_entries_count_once(stack: Stack) -> None:
         batches = [[ev(random.randint(1, 100)) for _ in range(1000)] for _ in range(15)]
         expected = sum(int(e["tokens"]) for batch in batches for e in batch)  # type: ignore[call-overload]
         _post_in_background(stack, url, key, batches).join(120)
-        stack.wait_used(tenant, expected, timeout=90)
+        stack.wait_used(tenant, expected, timeout=90, base=url)
         time.sleep(1.5)
-        assert stack.usage(tenant)["used"] == expected
+        assert stack.usage(tenant, url)["used"] == expected
         assert counted_rows(stack, tenant) == 15_000
     finally:
         for worker in workers:

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from stacklib import Stack, fresh_database
+from stacklib import Stack, fresh_database, wait_until
 
 
 def ev(tokens: int) -> dict[str, object]:
@@ -25,7 +25,7 @@ def test_events_posted_while_postgres_is_down_are_counted_when_it_returns(stack:
         assert (
             stack.request("POST", "/v1/events", ev(1), token=key, base=url)[0] == 202
         )  # warms the key cache
-        stack.wait_used(tenant, 1)
+        stack.wait_used(tenant, 1)  # not through `url`: its usage read below must find no cached answer
         stack.servers.stop_postgres()
         try:
             time.sleep(5)  # past the key cache's lifetime: the stale entry must still be honoured
@@ -40,7 +40,12 @@ def test_events_posted_while_postgres_is_down_are_counted_when_it_returns(stack:
             assert status == 503 and headers["Retry-After"]
         finally:
             stack.servers.start_postgres()
-        stack.wait_used(tenant, 1 + accepted, timeout=60)
+        # Read through the API on the worker's stream (see Stack.usage); its pool may answer 503 (retry
+        # later) until it has reconnected.
+        wait_until(
+            lambda: stack.request("GET", f"/v1/usage/{tenant}", base=url)[0] == 200, 30, "usage read again"
+        )
+        stack.wait_used(tenant, 1 + accepted, timeout=60, base=url)
     finally:
         worker.stop()
         api.stop()
