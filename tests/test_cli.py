@@ -88,6 +88,7 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
     client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
     now = int(time.time() * 1000)
     client.xadd(stream, {"e": f'["{tenant}","e1","chat",9,{now},{now}]'})  # tenant not created yet
+    api, url = stack.start_api(processes=1, **env)  # reads the count its worker's versions announce
     worker, _ = stack.start_worker(**env)
     try:
         wait_until(lambda: client.xlen(f"{stream}:dead") > 0, 20, "the entry to be dead-lettered")
@@ -100,12 +101,13 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
             client.xadd(f"{stream}:dead", {"e": f'["{tenant}","e1","chat",9,{now},{now}]', "reason": "test"})
             replay = flagmeter(stack, "dead-letters", "--replay", **env)
             assert replay.returncode == 0 and "replayed" in replay.stdout
-        stack.wait_used(tenant, 9)
+        stack.wait_used(tenant, 9, base=url)
         time.sleep(1)
-        assert stack.usage(tenant)["used"] == 9
+        assert stack.usage(tenant, url)["used"] == 9
         assert client.xlen(f"{stream}:dead") == 0
     finally:
         worker.stop()
+        api.stop()
 
 
 def test_prune_drops_old_month_partitions_and_expired_dedup_rows(stack: Stack) -> None:

@@ -158,9 +158,10 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(
     client.xadd(
         stream, {"e": f'["{tenant}","b","chat",6,{int(time.time() * 1000)},{int(time.time() * 1000)}]'}
     )
+    api, url = stack.start_api(processes=1, **env)
     worker, _ = stack.start_worker(**env)
     try:
-        stack.wait_used(tenant, 11, timeout=30)
+        stack.wait_used(tenant, 11, timeout=30, base=url)
         deadline = time.monotonic() + 30
         while client.xlen(f"{stream}:dead") < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -168,10 +169,12 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(
         assert dead == {b"malformed", b"max_deliveries"}
         assert client.xlen(stream) == 0
         # The line keeps moving after the poison entry.
-        status, _, _ = stack.request("POST", "/v1/events", ev(1), token=key)
+        status, _, _ = stack.request("POST", "/v1/events", ev(1), token=key, base=url)
         assert status == 202
+        stack.wait_used(tenant, 12, timeout=30, base=url)
     finally:
         worker.stop()
+        api.stop()
 
 
 def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_that_tenants_events(
@@ -190,9 +193,10 @@ def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_t
         [tenant, "c", "tts", 2, now, now],
     ]
     client.xadd(stream, {"e": orjson.dumps(rows)})  # one admin request, as the API appends it
+    api, url = stack.start_api(processes=1, **env)
     worker, _ = stack.start_worker(**env)
     try:
-        stack.wait_used(tenant, 7)
+        stack.wait_used(tenant, 7, base=url)
         deadline = time.monotonic() + 20
         while client.xlen(f"{stream}:dead") == 0:
             assert time.monotonic() < deadline
@@ -202,9 +206,10 @@ def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_t
         assert orjson.loads(fields[b"e"]) == [rows[1]]
         assert client.xlen(stream) == 0
         time.sleep(0.5)
-        assert stack.usage(tenant)["used"] == 7
+        assert stack.usage(tenant, url)["used"] == 7
     finally:
         worker.stop()
+        api.stop()
 
 
 def test_event_ids_with_quotes_backslashes_and_braces_are_stored_verbatim_and_deduplicated(
@@ -235,12 +240,14 @@ def test_a_worker_starting_on_a_backlog_of_large_requests_holds_a_few_at_a_time(
             rows = [[tenant, f"{request}-{i}", "chat", 1, now, now] for i in range(1000)]
             pipe.xadd(stream, {"e": orjson.dumps(rows)})
         pipe.execute()
+    api, url = stack.start_api(processes=1, **env)
     worker, _ = stack.start_worker(**env)
     try:
-        stack.wait_used(tenant, 200_000, timeout=120)
+        stack.wait_used(tenant, 200_000, timeout=120, base=url)
         status = open(f"/proc/{worker.popen.pid}/status").read()
         peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
         # Reading the whole backlog at once would hold ~200 MB of entries and events.
         assert peak_mb < 120, f"worker peaked at {peak_mb:.0f} MB"
     finally:
         worker.stop()
+        api.stop()
