@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from flagmeter.api.ingest import LARGE_BODY
 from stacklib import Stack
 
 
@@ -345,7 +346,7 @@ def test_large_batches_past_the_process_limit_wait_then_get_503_busy(stack: Stac
     api, url = stack.start_api(processes=1, FLAGMETER_LARGE_BATCHES_IN_FLIGHT="1")
     prefix = uuid.uuid4().hex + "-" + "x" * 40
     big = [{"id": f"{prefix}-{i:06d}", "feature": "chat", "tokens": 1} for i in range(800)]
-    assert len(orjson.dumps(big)) > 64 * 1024
+    assert len(orjson.dumps(big)) > LARGE_BODY
     # A slow client holds the one slot: the headers of a large batch and the start of its body.
     slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
     try:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from flagmeter.events import Event
 from flagmeter.stream import Entry
-from flagmeter.worker import transactions
+from flagmeter.worker import MAX_READ, read_size, transactions
 
 
 def entry(n: int, ident: int) -> Entry:
@@ -35,3 +35,11 @@ def test_small_requests_share_one_transaction() -> None:
 def test_large_requests_each_fill_their_own_transaction() -> None:
     groups = transactions([entry(600, i) for i in range(4)], 1000)
     assert [len(g) for g in groups] == [1, 1, 1, 1]
+
+
+def test_a_read_asks_for_what_the_transaction_still_has_room_for() -> None:
+    assert read_size(4000, 0, 550.0) == 7  # seven requests of 550: 3,850 events
+    assert read_size(4000, 3850, 550.0) == 0  # an eighth would not fit: commit what is held
+    assert read_size(4000, 0, 1.0) == MAX_READ  # single events: as many entries as one read takes
+    assert read_size(4000, 3990, 1.0) == 10
+    assert read_size(4000, 4000, 1.0) == 0

@@ -99,7 +99,7 @@ class Worker:
             try:
                 # A transaction's worth of events, read MAX_READ entries at most at a time: a burst
                 # of big requests after small ones then holds at most MAX_READ x MAX_BATCH more.
-                count = max(1, min(int(self.settings.batch_size / per_entry), MAX_READ))
+                count = max(1, read_size(self.settings.batch_size, 0, per_entry))
                 entries: list[Entry] = []
                 if time.monotonic() >= next_reclaim:
                     entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
@@ -107,8 +107,14 @@ class Worker:
                 if not entries:
                     entries = await self.stream.read(consumer, count, block_ms=1000)
                 last, events = entries, _events(entries)
-                while len(last) == count and events < self.settings.batch_size:
-                    last = await self.stream.read(consumer, count, block_ms=None)  # more is waiting
+                # A full read means more is waiting: top the batch up, never past a transaction's worth
+                # (a second full read would only wait in memory while the first commits).
+                while len(last) == count:
+                    per_entry = max(1.0, events / len(entries))
+                    count = read_size(self.settings.batch_size, events, per_entry)
+                    if count < 1:
+                        break
+                    last = await self.stream.read(consumer, count, block_ms=None)
                     entries += last
                     events += _events(last)
                 for group in transactions(entries, self.settings.batch_size):
@@ -270,6 +276,12 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds * random.uniform(0.8, 1.2))
         except TimeoutError:
             pass
+
+
+def read_size(batch_size: int, events: int, per_entry: float) -> int:
+    """Entries to read for the `batch_size - events` events a transaction still has room for, at
+    about `per_entry` events each: MAX_READ at most, 0 when not one more entry fits."""
+    return min(int((batch_size - events) / per_entry), MAX_READ)
 
 
 def _events(entries: Sequence[Entry]) -> int:
