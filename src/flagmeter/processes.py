@@ -85,8 +85,7 @@ async def serve_worker(settings: Settings, concurrency: int) -> None:
     HTTP app with /metrics, /health and /ready; SIGTERM finishes the batch in hand."""
     from aiohttp import web
 
-    from .api import health as endpoints
-    from .api.errors import json_response
+    from . import probes
     from .delivery import Courier
     from .store import Store
     from .stream import Stream
@@ -96,17 +95,13 @@ async def serve_worker(settings: Settings, concurrency: int) -> None:
     stream = Stream.from_settings(settings)
     worker = Worker(settings, store, stream, Courier(settings, store), concurrency=concurrency)
 
-    async def health(_: web.Request) -> web.Response:
-        return json_response({"status": "stopping" if worker.stopping else "ok"})
-
     runner = None
     if settings.worker_metrics_port:
         app = web.Application()
-        app["store"], app["stream"] = store, stream  # what the shared /ready checks
+        app["store"], app["stream"] = store, stream  # what /ready checks
         app["metrics_role"] = "worker"
-        app.router.add_get("/metrics", endpoints.metrics_endpoint)
-        app.router.add_get("/health", health)
-        app.router.add_get("/ready", endpoints.ready)
+        app["stopping"] = lambda: worker.stopping  # /health says so while the batch in hand finishes
+        probes.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, settings.listen_host, settings.worker_metrics_port).start()

@@ -29,7 +29,7 @@ def test_api_reloads_the_mounted_source_when_it_changes(
         spec = json.loads(spec_path.read_text())
         spec["info"]["title"] = "reloaded from the mounted source"
         spec_path.write_text(json.dumps(spec))
-        python_file = src / "flagmeter/api/health.py"
+        python_file = src / "flagmeter/api/__init__.py"  # where /openapi.json is served
         os.utime(python_file)  # only .py/.sql changes trigger the restart
 
         def serves_new_title() -> bool:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from importlib import resources
 
 from aiohttp import web
 
-from .. import metrics
+from .. import metrics, probes
 from ..config import Settings
 from ..store import Store
 from ..stream import Stream
-from . import alert_settings, dashboard, health, ingest, reservations, tenants, usage
+from . import alert_settings, dashboard, ingest, reservations, tenants, usage
 from .auth import Directory
 from .errors import error_middleware
 from .signin import FailureThrottle
@@ -46,10 +47,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/v1/tenants/{tenant}/keys", tenants.list_keys),
             web.post("/v1/tenants/{tenant}/keys", tenants.create_key),
             web.delete("/v1/tenants/{tenant}/keys/{key_id}", tenants.revoke_key),
-            web.get("/health", health.health),
-            web.get("/ready", health.ready),
-            web.get("/metrics", health.metrics_endpoint),
-            web.get("/openapi.json", health.openapi),
+            web.get("/openapi.json", openapi),
             # alerts and the dashboard (issue 3)
             web.get("/v1/tenants/{tenant}/alerts", alert_settings.list_alerts),
             web.get("/", dashboard.overview),
@@ -61,7 +59,15 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/static/{name}", dashboard.static),
         ]
     )
+    probes.add_routes(app)  # /health, /ready, /metrics
     return app
+
+
+OPENAPI = (resources.files("flagmeter") / "openapi.json").read_bytes()
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI, content_type="application/json")
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

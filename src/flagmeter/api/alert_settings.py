@@ -9,10 +9,11 @@ from aiohttp import web
 
 from ..alerts import new_secret, valid_secret, validate_thresholds
 from ..clock import rfc3339
+from ..probes import json_response
 from ..store import AlertRecord, AlertSettings, AlertSettingsChange, AttemptRecord
 from ..urls import url_problem
 from .auth import require_admin
-from .errors import ApiError, json_response
+from .errors import ApiError
 
 ALERT_FIELDS = frozenset({"alert_thresholds", "webhook_url", "webhook_secret"})
 HISTORY_LIMIT = 100

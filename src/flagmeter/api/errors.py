@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from .. import logs, metrics
+from ..probes import json_response
 from ..store import StoreUnavailable
 
 log = logging.getLogger("flagmeter.api")
@@ -35,12 +36,6 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.details = details or {}
-
-
-def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers
-    )
 
 
 def error_response(error: ApiError) -> web.Response:

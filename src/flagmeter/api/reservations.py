@@ -13,6 +13,7 @@ from .. import metrics
 from ..clock import rfc3339
 from ..events import Rejection
 from ..periods import Period, period_containing
+from ..probes import json_response
 from ..quota import (
     Figures,
     InvalidFields,
@@ -26,7 +27,7 @@ from ..store import Store, Tenant
 from ..stream import StreamUnavailable
 from ..tally import EXISTING, GRANTED, Hold, Tally
 from .auth import Principal
-from .errors import ApiError, json_response, read_json
+from .errors import ApiError, read_json
 from .usage import readable_tenant
 
 REBUILD_DAYS = 40  # a period is at most 31 days; the rebuild loads a little more

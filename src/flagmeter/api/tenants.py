@@ -10,10 +10,11 @@ from aiohttp import web
 from ..clock import rfc3339
 from ..events import TENANT_ID
 from ..keys import new_key
+from ..probes import json_response
 from ..store import ApiKey, Conflict, Tenant
 from . import alert_settings
 from .auth import require_admin
-from .errors import ApiError, json_response, read_json
+from .errors import ApiError, read_json
 
 MAX_QUOTA = 10**15
 MAX_KEY_NAME = 100

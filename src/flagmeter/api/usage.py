@@ -11,11 +11,12 @@ from aiohttp import web
 from ..clock import rfc3339
 from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
+from ..probes import json_response
 from ..store import WINDOWS, CurrentUsage, Store, StoreUnavailable, Tenant
 from ..stream import Stream, StreamUnavailable
 from ..usage_versions import UsageVersions
 from .auth import Principal
-from .errors import ApiError, json_response
+from .errors import ApiError
 
 MAX_SERIES_SPAN = {"minute": timedelta(days=35), "hour": timedelta(days=400), "day": timedelta(days=800)}
 # A safety net only: an answer is normally replaced when its tenant's version moves.

@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from ...clock import rfc3339
+from ...probes import json_response
 from ...store import CurrentUsage
 from ...stream import StreamUnavailable
 from ...tally import Hold, Tally
-from ..errors import ApiError, json_response
+from ..errors import ApiError
 from . import pages
 from .chart import usage_chart
 from .figures import TenantRow, TenantView, overview_order
