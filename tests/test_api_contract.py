@@ -341,6 +341,28 @@ def test_rate_limit_answers_429_with_retry_after(stack: Stack) -> None:
         api.stop()
 
 
+def test_rate_limit_buckets_are_per_stream_so_previews_sharing_a_redis_do_not_share_them(
+    stack: Stack,
+) -> None:
+    _, key = stack.create_tenant()
+    first, first_url = stack.start_api(processes=1, FLAGMETER_RATE_LIMIT="2")
+    other, other_url = stack.start_api(
+        processes=1, FLAGMETER_RATE_LIMIT="2", FLAGMETER_STREAM=f"preview:{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        statuses = [
+            stack.request("POST", "/v1/events", ev(1), token=key, base=first_url)[0] for _ in range(8)
+        ]
+        assert 429 in statuses
+        # The same tenant on another stream (a preview) has its own bucket: a full burst of 2x the rate.
+        assert [
+            stack.request("POST", "/v1/events", ev(1), token=key, base=other_url)[0] for _ in range(4)
+        ] == [202] * 4
+    finally:
+        first.stop()
+        other.stop()
+
+
 def test_large_batches_past_the_process_limit_wait_then_get_503_busy(stack: Stack) -> None:
     tenant, key = stack.create_tenant(quota=10**9)
     api, url = stack.start_api(processes=1, FLAGMETER_LARGE_BATCHES_IN_FLIGHT="1")

@@ -141,7 +141,7 @@ class Appender:
         """
         limited = rate > 0 and tenant is not None
         request = _Append(
-            f"flagmeter:ratelimit:{tenant}" if limited else None,
+            f"{self.stream}:ratelimit:{tenant}" if limited else None,  # beside the stream, as every key
             rate,
             payload,
             tally,
