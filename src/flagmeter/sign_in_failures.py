@@ -1,6 +1,7 @@
 """Failed dashboard sign-ins per client address, counted in Redis so every API process shares one count.
 
-The throttle that acts on the count, and its in-memory fallback for a Redis outage, are api/signin.py's.
+The throttle that acts on the count, and its in-memory fallback for a Redis outage, are in
+api/dashboard/signin.py.
 """
 
 from __future__ import annotations

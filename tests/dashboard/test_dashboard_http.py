@@ -16,7 +16,7 @@ from local_env import wait_until
 
 from flagmeter.api.dashboard.chart import axis_ticks, usage_chart
 from flagmeter.api.dashboard.format import compact, human_time, percent_label
-from flagmeter.api.signin import FailureThrottle, client_address
+from flagmeter.api.dashboard.signin import FailureThrottle, client_address
 from flagmeter.config import ConfigError, Settings
 from flagmeter.localstack import free_port
 from flagmeter.periods import Period

@@ -14,8 +14,8 @@ from ..store import Store
 from ..stream import Stream
 from . import alert_settings, dashboard, ingest, reservations, tenants, usage
 from .auth import Directory
+from .dashboard.signin import FailureThrottle
 from .errors import error_middleware
-from .signin import FailureThrottle
 
 MAX_BODY = 1024 * 1024
 

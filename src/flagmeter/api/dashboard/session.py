@@ -12,8 +12,8 @@ from aiohttp import web
 
 from ... import metrics
 from ..errors import ApiError
-from ..signin import FailureThrottle, client_address
 from .responses import login_page, see_other
+from .signin import FailureThrottle, client_address
 
 log = logging.getLogger(__name__)
 

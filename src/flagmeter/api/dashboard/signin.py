@@ -7,9 +7,9 @@ import ipaddress
 import math
 import time
 
-from ..config import Network
-from ..sign_in_failures import SignInFailures
-from ..stream import Stream, StreamUnavailable
+from ...config import Network
+from ...sign_in_failures import SignInFailures
+from ...stream import Stream, StreamUnavailable
 
 
 def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
