@@ -347,7 +347,7 @@ def test_rate_limit_buckets_are_per_stream_so_previews_sharing_a_redis_do_not_sh
     _, key = stack.create_tenant()
     first, first_url = stack.start_api(processes=1, FLAGMETER_RATE_LIMIT="2")
     other, other_url = stack.start_api(
-        processes=1, FLAGMETER_RATE_LIMIT="2", FLAGMETER_STREAM=f"preview:{uuid.uuid4().hex[:8]}"
+        processes=1, FLAGMETER_RATE_LIMIT="2", FLAGMETER_STREAM=f"test:{uuid.uuid4().hex[:8]}"
     )
     try:
         statuses = [
@@ -367,8 +367,9 @@ def test_large_batches_past_the_process_limit_wait_then_get_503_busy(stack: Stac
     tenant, key = stack.create_tenant(quota=10**9)
     api, url = stack.start_api(processes=1, FLAGMETER_LARGE_BATCHES_IN_FLIGHT="1")
     prefix = uuid.uuid4().hex + "-" + "x" * 40
-    big = [{"id": f"{prefix}-{i:06d}", "feature": "chat", "tokens": 1} for i in range(800)]
-    assert len(orjson.dumps(big)) > LARGE_BODY
+    big: list[dict[str, object]] = []
+    while len(orjson.dumps(big)) <= LARGE_BODY:  # just over the size that takes a slot
+        big.append({"id": f"{prefix}-{len(big):06d}", "feature": "chat", "tokens": 1})
     # A slow client holds the one slot: the headers of a large batch and the start of its body.
     slow = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
     try:
@@ -387,8 +388,8 @@ def test_large_batches_past_the_process_limit_wait_then_get_503_busy(stack: Stac
         slow.close()
     time.sleep(0.5)
     status, body, _ = stack.request("POST", "/v1/events", big, token=key, base=url)
-    assert status == 202 and body["accepted"] == 800
-    stack.wait_used(tenant, 803)
+    assert status == 202 and body["accepted"] == len(big)
+    stack.wait_used(tenant, len(big) + 3)
     api.stop()
 
 

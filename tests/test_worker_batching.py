@@ -43,3 +43,4 @@ def test_a_read_asks_for_what_the_transaction_still_has_room_for() -> None:
     assert read_size(4000, 0, 1.0) == MAX_READ  # single events: as many entries as one read takes
     assert read_size(4000, 3990, 1.0) == 10
     assert read_size(4000, 4000, 1.0) == 0
+    assert read_size(4000, 4400, 550.0) == 0  # past the room (an entry is never split): none

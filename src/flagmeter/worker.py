@@ -111,7 +111,10 @@ class Worker:
                 # (a second full read would only wait in memory while the first commits).
                 while len(last) == count:
                     per_entry = max(1.0, events / len(entries))
-                    count = read_size(self.settings.batch_size, events, per_entry)
+                    # At most twice the last read: a few small entries ahead of big ones do not
+                    # license one read of MAX_READ big ones. An entry counts as one event at least.
+                    held = max(events, len(entries))
+                    count = min(read_size(self.settings.batch_size, held, per_entry), 2 * count)
                     if count < 1:
                         break
                     last = await self.stream.read(consumer, count, block_ms=None)
@@ -281,7 +284,7 @@ class Worker:
 def read_size(batch_size: int, events: int, per_entry: float) -> int:
     """Entries to read for the `batch_size - events` events a transaction still has room for, at
     about `per_entry` events each: MAX_READ at most, 0 when not one more entry fits."""
-    return min(int((batch_size - events) / per_entry), MAX_READ)
+    return max(0, min(int((batch_size - events) / per_entry), MAX_READ))
 
 
 def _events(entries: Sequence[Entry]) -> int:

@@ -18,6 +18,7 @@ from .dashboard.signin import FailureThrottle
 from .errors import error_middleware
 
 MAX_BODY = 1024 * 1024
+OPENAPI = (resources.files("flagmeter") / "openapi.json").read_bytes()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -61,9 +62,6 @@ def create_app(settings: Settings) -> web.Application:
     )
     probes.add_routes(app)  # /health, /ready, /metrics
     return app
-
-
-OPENAPI = (resources.files("flagmeter") / "openapi.json").read_bytes()
 
 
 async def openapi(_: web.Request) -> web.Response:

@@ -21,9 +21,8 @@ SINGLE_STATUS = {"unknown_tenant": 404, "forbidden": 403}
 
 
 # A request this large (or chunked) holds one of FLAGMETER_LARGE_BATCHES_IN_FLIGHT while it is read,
-# parsed and appended: 8 KiB is a batch of ~120 events. Parsed and normalised, a batch holds ~19x its
-# bytes; below this size a request costs the process little and never waits. (At 64 KiB, batches of
-# 550 events went unheld, and 64 of them in flight took the API from ~80 to ~115 MB of PSS.)
+# parsed and appended: ~120 events, below which a request holds little (a parsed batch holds ~19x its
+# bytes) and never waits. Why 8 KiB and not more: docs/performance.md, issue 15's fourth pass.
 LARGE_BODY = 8 * 1024
 LARGE_BODY_WAIT_S = 5.0
 
