@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .clock import SYSTEM, Clock
 
@@ -111,33 +112,36 @@ class Settings:
             admin_token = "dev-admin-token"
         elif len(admin_token) < 16 and not dev:
             raise ConfigError("FLAGMETER_ADMIN_TOKEN must be at least 16 characters")
-        port = _int(env, "PORT", 8080, 1)
+        default: dict[str, Any] = {f.name: f.default for f in fields(cls)}  # the defaults, defined above
+        port = _int(env, "PORT", default["port"], 1)
         return cls(
             database_url=env["DATABASE_URL"],
             redis_url=env["REDIS_URL"],
             admin_token=admin_token,
             port=port,
-            listen_host=env.get("FLAGMETER_LISTEN_HOST", "0.0.0.0") or "0.0.0.0",
+            listen_host=env.get("FLAGMETER_LISTEN_HOST") or default["listen_host"],
             api_processes=_int(env, "FLAGMETER_API_PROCESSES", os.cpu_count() or 1, 1),
-            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", WORKER_METRICS_PORT, 0),
-            rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", 10000, 0),
-            large_batches_in_flight=_int(env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 8, 1),
-            login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", 10, 1),
+            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", default["worker_metrics_port"], 0),
+            rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", default["rate_limit"], 0),
+            large_batches_in_flight=_int(
+                env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", default["large_batches_in_flight"], 1
+            ),
+            login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", default["login_attempts"], 1),
             trusted_proxies=_networks(env, "FLAGMETER_TRUSTED_PROXIES"),
             log_level=log_level_from(env),
             public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
-            stream=env.get("FLAGMETER_STREAM", "flagmeter:events"),
-            consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", "flagmeter-workers"),
-            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", 4000, 1),
-            claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", 30000, 100),
-            max_deliveries=_int(env, "FLAGMETER_MAX_DELIVERIES", 5, 1),
-            db_pool_size=_int(env, "FLAGMETER_DB_POOL_SIZE", 10, 1),
+            stream=env.get("FLAGMETER_STREAM", default["stream"]),
+            consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", default["consumer_group"]),
+            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", default["batch_size"], 1),
+            claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", default["claim_idle_ms"], 100),
+            max_deliveries=_int(env, "FLAGMETER_MAX_DELIVERIES", default["max_deliveries"], 1),
+            db_pool_size=_int(env, "FLAGMETER_DB_POOL_SIZE", default["db_pool_size"], 1),
             slack_webhook_url=env.get("FLAGMETER_SLACK_WEBHOOK_URL", ""),
             allow_http_webhooks=_flag(env, "FLAGMETER_ALLOW_HTTP_WEBHOOKS"),
             allow_private_webhooks=_flag(env, "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS"),
-            alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", 10_000, 100),
-            alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", 30_000, 1),
-            alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", 8, 1),
+            alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", default["alert_timeout_ms"], 100),
+            alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", default["alert_retry_base_ms"], 1),
+            alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", default["alert_max_attempts"], 1),
             access_log=env.get("FLAGMETER_ACCESS_LOG", "") == "1",
             clock=clock_from_env(env),
         )
