@@ -20,8 +20,9 @@ from .clock import Clock
 from .quota_figures import TALLY_LUA, QuotaKeys
 
 
-class StreamUnavailable(Exception):
-    """Redis cannot be reached or refuses writes; nothing of the request was appended."""
+class RedisUnavailable(Exception):
+    """Redis cannot be reached or refuses writes (the stream's, and every key beside it); for an append,
+    nothing of the request was appended."""
 
 
 class RateLimited(Exception):
@@ -189,7 +190,7 @@ class Appender:
         except Exception as error:  # whatever it is, no request may wait forever on its future
             for request in batch:
                 if not request.done.done():
-                    request.done.set_exception(StreamUnavailable(str(error)))
+                    request.done.set_exception(RedisUnavailable(str(error)))
             return
         for request, result in zip(batch, results, strict=True):
             if not request.done.done():

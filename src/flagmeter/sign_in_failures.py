@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .stream import Stream, StreamUnavailable
+from .stream import RedisUnavailable, Stream
 
 # One failed dashboard sign-in of an address: its count in a fixed window of ARGV[1] ms, shared by every
 # API process. The expiry is set when the window opens (or if a key somehow has none). Reply: count, ms left.
@@ -41,7 +41,7 @@ class SignInFailures:
                 self._count_failure(keys=[self._key(address)], args=[window_ms]), SIGN_IN_TIMEOUT_S
             )
         except (RedisError, OSError, TimeoutError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error
         return int(reply[0]), int(reply[1])
 
     async def current(self, address: str) -> tuple[int, int]:
@@ -53,5 +53,5 @@ class SignInFailures:
                 pipe.pttl(key)
                 count, left = await asyncio.wait_for(pipe.execute(), SIGN_IN_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error
         return (int(count), int(left)) if count is not None and int(left) > 0 else (0, 0)

@@ -19,14 +19,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .appender import Appender, RateLimited, StreamUnavailable
+from .appender import Appender, RateLimited, RedisUnavailable
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Event
 from .quota import tally
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
-__all__ = ["Backlog", "Entry", "RateLimited", "Stream", "StreamUnavailable", "consumer_name", "encode"]
+__all__ = ["Backlog", "Entry", "RateLimited", "RedisUnavailable", "Stream", "consumer_name", "encode"]
 
 # Ack, delete, and in the same call take each really acknowledged entry's tally off the pending figures
 # and merge the batch's absolute daily totals into the counted ones: a reader sees the events pending or
@@ -142,7 +142,7 @@ class Stream:
         try:
             await self.client.ping()
         except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error
 
     async def append(
         self,

@@ -25,7 +25,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA
-from .stream import Stream, StreamUnavailable
+from .stream import RedisUnavailable, Stream
 
 DailyTotals = Sequence[tuple[str, int]]  # (day_field(tenant, day), tokens)
 REBUILD_LOCK_MS = 30_000
@@ -211,7 +211,7 @@ class Tally:
             await self.rebuild()
             reply = await self._redis(script(keys=keys, args=args))
             if int(reply[0]) == -1:
-                raise StreamUnavailable("quota figures are being rebuilt; retry")
+                raise RedisUnavailable("quota figures are being rebuilt; retry")
         return list(reply)
 
     async def rebuild(self) -> None:
@@ -229,7 +229,7 @@ class Tally:
                 if await self._redis(self.client.exists(keys.loaded)):
                     return
                 await asyncio.sleep(0.05)
-            raise StreamUnavailable("quota figures are being rebuilt; retry")
+            raise RedisUnavailable("quota figures are being rebuilt; retry")
         try:
             totals = await self._load_counted()
             flat = [value for pair in totals for value in pair]
@@ -245,7 +245,7 @@ class Tally:
         try:
             return await call
         except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error
 
 
 def _text(value: bytes | str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .stream import Stream, StreamUnavailable
+from .stream import RedisUnavailable, Stream
 
 # Per-tenant usage versions only ever rise: KEYS[i] becomes ARGV[i] unless it is already at or above it.
 RAISE_VERSIONS_LUA = """
@@ -43,16 +43,16 @@ class UsageVersions:
             await self._raise_versions(keys=keys, args=list(versions.values()))
 
     async def announced(self, tenant: str) -> int:
-        """The tenant's announced usage version (0 before any); StreamUnavailable when unknowable."""
+        """The tenant's announced usage version (0 before any); RedisUnavailable when unknowable."""
         try:
             version = await self.client.get(self._key(tenant))
         except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error
         return int(version or 0)
 
     async def announce(self, tenant: str, version: int) -> None:
-        """`raise_to` for the API: StreamUnavailable when Redis cannot be reached."""
+        """`raise_to` for the API: RedisUnavailable when Redis cannot be reached."""
         try:
             await self.raise_to({tenant: version})
         except (RedisError, OSError) as error:
-            raise StreamUnavailable(str(error)) from error
+            raise RedisUnavailable(str(error)) from error

@@ -12,7 +12,7 @@ from .. import metrics
 from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
 from ..probes import json_response
 from ..quota import named_reservation
-from ..stream import RateLimited, StreamUnavailable
+from ..stream import RateLimited, RedisUnavailable
 from .auth import Principal
 from .errors import ApiError, read_json
 
@@ -108,7 +108,7 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
             "tenant request rate limit exceeded; retry with the same ids",
             {"Retry-After": str(seconds)},
         ) from None
-    except StreamUnavailable as error:
+    except RedisUnavailable as error:
         log.warning("stream append failed", extra={"error": str(error)})
         raise ApiError(
             503, "unavailable", "event stream unavailable; retry with the same ids", {"Retry-After": "1"}

@@ -24,7 +24,7 @@ from ..quota import (
     reservation_request,
 )
 from ..store import Store, Tenant
-from ..stream import StreamUnavailable
+from ..stream import RedisUnavailable
 from ..tally import EXISTING, GRANTED, Hold, Tally
 from .auth import Principal
 from .errors import ApiError, read_json
@@ -68,7 +68,7 @@ async def check(request: web.Request) -> web.Response:
     tally: Tally = request.app["tally"]
     try:
         used, reserved, expired = await tally.figures(tenant.id, fields, now_ms)
-    except StreamUnavailable:
+    except RedisUnavailable:
         raise _unavailable() from None
     _count_expired(expired)
     figures = Figures(tenant.monthly_quota, used, reserved)
@@ -132,7 +132,7 @@ async def create_reservation(request: web.Request) -> web.Response:
         grant = await tally.reserve(
             tenant.id, fields, now_ms, tenant.monthly_quota, wanted.tokens, wanted.id, expires_ms
         )
-    except StreamUnavailable:
+    except RedisUnavailable:
         raise _unavailable() from None
     _count_expired(grant.expired)
     remaining = Figures(tenant.monthly_quota, grant.used, grant.reserved).remaining
@@ -174,7 +174,7 @@ async def delete_reservation(request: web.Request) -> web.Response:
         released = await tally.release(
             tenant_id, request.match_info["id"], request.app["settings"].clock.now_ms()
         )
-    except StreamUnavailable:
+    except RedisUnavailable:
         raise _unavailable() from None
     if released < 0:
         _count_expired(1)
@@ -190,7 +190,7 @@ async def list_reservations(request: web.Request) -> web.Response:
     tally: Tally = request.app["tally"]
     try:
         holds, expired = await tally.holds(tenant_id, request.app["settings"].clock.now_ms())
-    except StreamUnavailable:
+    except RedisUnavailable:
         raise _unavailable() from None
     _count_expired(expired)
     return json_response({"tenant": tenant_id, "reservations": [_hold_document(h) for h in holds]})

@@ -13,7 +13,7 @@ from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
 from ..probes import json_response
 from ..store import WINDOWS, CurrentUsage, Store, StoreUnavailable, Tenant
-from ..stream import Stream, StreamUnavailable
+from ..stream import RedisUnavailable, Stream
 from ..usage_versions import UsageVersions
 from .auth import Principal
 from .errors import ApiError
@@ -51,7 +51,7 @@ class UsageCache:
     async def current(self, tenant_id: str, now: datetime) -> CurrentUsage | None:
         try:
             announced = await self._versions.announced(tenant_id)
-        except StreamUnavailable:
+        except RedisUnavailable:
             return (await self._store.current_usage(now, tenant_id)).get(tenant_id)
         cached = self._answers.get(tenant_id)
         if (
@@ -81,7 +81,7 @@ class UsageCache:
         if usage.version > announced:
             try:
                 await self._versions.announce(tenant_id, usage.version)
-            except StreamUnavailable:
+            except RedisUnavailable:
                 self._answers.pop(tenant_id, None)
                 return usage  # shown, but not kept: other processes may not know it is current
         self._answers[tenant_id] = _Cached(usage, time.monotonic())

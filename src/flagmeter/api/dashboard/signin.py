@@ -9,7 +9,7 @@ import time
 
 from ...config import Network
 from ...sign_in_failures import SignInFailures
-from ...stream import Stream, StreamUnavailable
+from ...stream import RedisUnavailable, Stream
 
 
 def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
@@ -59,10 +59,10 @@ class FailureThrottle:
         """Seconds until `address` may try again; 0 when it may try now."""
         try:
             if self.failures is None:
-                raise StreamUnavailable("no Redis")
+                raise RedisUnavailable("no Redis")
             count, left_ms = await self.failures.current(address)
             left = left_ms / 1000
-        except StreamUnavailable:
+        except RedisUnavailable:
             count, left = self.local.get(address)
         return max(1, math.ceil(left)) if count >= self.allowed and left > 0 else 0
 
@@ -70,9 +70,9 @@ class FailureThrottle:
         """Count one failure; True when it is the one that closes the door on `address`."""
         try:
             if self.failures is None:
-                raise StreamUnavailable("no Redis")
+                raise RedisUnavailable("no Redis")
             count, _ = await self.failures.count(address, int(self.window_s * 1000))
-        except StreamUnavailable:
+        except RedisUnavailable:
             count = self.local.add(address)
         return count == self.allowed
 

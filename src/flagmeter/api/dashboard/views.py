@@ -10,7 +10,7 @@ from aiohttp import web
 from ...clock import rfc3339
 from ...probes import json_response
 from ...store import CurrentUsage
-from ...stream import StreamUnavailable
+from ...stream import RedisUnavailable
 from ...tally import Hold, Tally
 from ..errors import ApiError
 from . import pages
@@ -64,7 +64,7 @@ async def _tenant_view(request: web.Request) -> TenantView | None:
     tally: Tally = request.app["tally"]
     try:
         holds: list[Hold] | None = (await tally.holds(tenant.id, int(now.timestamp() * 1000)))[0]
-    except StreamUnavailable:
+    except RedisUnavailable:
         holds = None
     return TenantView(
         row=TenantRow(tenant, period, current.by_feature, last_hour),
