@@ -114,6 +114,10 @@ class Stack(launch.Stack):
         assert usage["used"] == expected, usage
         return usage
 
+    def counted_rows(self, tenant: str) -> int:
+        """The tenant's events the worker has counted: rows of the raw-event table, one per event id."""
+        return int(self.sql("SELECT count(*) FROM events WHERE tenant_id = %s", (tenant,))[0][0])
+
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg2.connect(self.database_url) as conn, conn.cursor() as cur:
             cur.execute(query, params)

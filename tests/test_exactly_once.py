@@ -23,10 +23,6 @@ def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
     }
 
 
-def counted_rows(stack: Stack, tenant: str) -> int:
-    return int(stack.sql("SELECT count(*) FROM events WHERE tenant_id = %s", (tenant,))[0][0])
-
-
 def test_duplicate_event_id_within_one_batch_counts_once(stack: Stack) -> None:
     tenant, key = stack.create_tenant()
     status, body, _ = stack.request("POST", "/v1/events", [ev(5, "same"), ev(5, "same"), ev(1)], token=key)
@@ -35,7 +31,7 @@ def test_duplicate_event_id_within_one_batch_counts_once(stack: Stack) -> None:
     stack.wait_used(tenant, 6)
     time.sleep(0.5)
     assert stack.usage(tenant)["used"] == 6
-    assert counted_rows(stack, tenant) == 2
+    assert stack.counted_rows(tenant) == 2
 
 
 def test_duplicate_event_id_counts_once_across_batches_and_retries(stack: Stack) -> None:
@@ -47,7 +43,7 @@ def test_duplicate_event_id_counts_once_across_batches_and_retries(stack: Stack)
     stack.wait_used(tenant, 500)
     time.sleep(1)
     assert stack.usage(tenant)["used"] == 500
-    assert counted_rows(stack, tenant) == 50
+    assert stack.counted_rows(tenant) == 50
 
 
 def test_same_id_for_two_tenants_counts_for_each(stack: Stack) -> None:
@@ -112,7 +108,7 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
         stack.wait_used(tenant, expected, timeout=90, base=url)
         time.sleep(1.5)
         assert stack.usage(tenant, url)["used"] == expected
-        assert counted_rows(stack, tenant) == 30_000
+        assert stack.counted_rows(tenant) == 30_000
         assert killed_holding >= 2, "workers were not killed holding entries; the test proved nothing"
         assert client.xlen(env["FLAGMETER_STREAM"]) == 0
         for worker in (first, second):
@@ -135,7 +131,7 @@ def test_workers_racing_on_reclaimed_entries_count_once(stack: Stack) -> None:
         stack.wait_used(tenant, expected, timeout=90, base=url)
         time.sleep(1.5)
         assert stack.usage(tenant, url)["used"] == expected
-        assert counted_rows(stack, tenant) == 15_000
+        assert stack.counted_rows(tenant) == 15_000
     finally:
         for worker in workers:
             worker.stop()

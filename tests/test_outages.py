@@ -27,8 +27,7 @@ def test_events_posted_while_postgres_is_down_are_counted_when_it_returns(stack:
         )  # warms the key cache
         # Counted, seen in the database: not through `url`, whose usage read below must find no cached
         # answer, nor through the shared API, which is on another stream and may cache an early 0.
-        counted = "SELECT count(*) FROM events WHERE tenant_id = %s"
-        wait_until(lambda: stack.sql(counted, (tenant,))[0][0] == 1, 20, "the first event to be counted")
+        wait_until(lambda: stack.counted_rows(tenant) == 1, 20, "the first event to be counted")
         stack.servers.stop_postgres()
         try:
             time.sleep(5)  # past the key cache's lifetime: the stale entry must still be honoured
