@@ -1,21 +1,15 @@
 """What every FlagMeter server answers — liveness, readiness and metrics, for the API and the worker
-alike — and the JSON response they share with the API. Kept apart from the API's package, so the
-worker's small server imports aiohttp's web server and nothing of the API (dashboard, routes)."""
+alike. Kept apart from the API's package, so the worker's small server imports aiohttp's web server
+and nothing of the API (dashboard, routes)."""
 
 from __future__ import annotations
 
 import asyncio
 
-import orjson
 from aiohttp import web
 
 from . import metrics
-
-
-def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers
-    )
+from .responses import error_json, json_response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -32,14 +26,8 @@ async def ready(request: web.Request) -> web.Response:
         name for name, result in zip(checks, results, strict=True) if isinstance(result, BaseException)
     )
     if down:
-        return json_response(
-            {
-                "status": "unavailable",
-                "unreachable": down,
-                "error": {"code": "not_ready", "message": f"unreachable: {', '.join(down)}"},
-            },
-            503,
-        )
+        message = f"unreachable: {', '.join(down)}"
+        return error_json(503, "not_ready", message, details={"status": "unavailable", "unreachable": down})
     return json_response({"status": "ready"})
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..alerts import new_secret, valid_secret, validate_thresholds
 from ..clock import rfc3339
-from ..probes import json_response
+from ..responses import json_response
 from ..store import AlertRecord, AlertSettings, AlertSettingsChange, AttemptRecord
 from ..urls import url_problem
 from .auth import require_admin

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from .. import logs, metrics
-from ..probes import json_response
+from ..responses import error_json
 from ..store import StoreUnavailable
 
 log = logging.getLogger("flagmeter.api")
@@ -39,8 +39,7 @@ class ApiError(Exception):
 
 
 def error_response(error: ApiError) -> web.Response:
-    body = {"error": {"code": error.code, "message": error.message}, **error.details}
-    return json_response(body, error.status, error.headers)
+    return error_json(error.status, error.code, error.message, error.headers, error.details)
 
 
 _HTTP_CODES = {

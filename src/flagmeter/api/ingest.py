@@ -10,8 +10,8 @@ from aiohttp import web
 
 from .. import metrics
 from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
-from ..probes import json_response
 from ..quota import named_reservation
+from ..responses import json_response
 from ..stream import RateLimited, RedisUnavailable
 from .auth import Principal
 from .errors import ApiError, read_json

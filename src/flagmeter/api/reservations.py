@@ -13,7 +13,6 @@ from .. import metrics
 from ..clock import rfc3339
 from ..events import Rejection
 from ..periods import Period, period_containing
-from ..probes import json_response
 from ..quota import (
     Figures,
     InvalidFields,
@@ -23,6 +22,7 @@ from ..quota import (
     period_days,
     reservation_request,
 )
+from ..responses import json_response
 from ..store import Store, Tenant
 from ..stream import RedisUnavailable
 from ..tally import EXISTING, GRANTED, Hold, Tally

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..clock import rfc3339
 from ..events import TENANT_ID
 from ..keys import new_key
-from ..probes import json_response
+from ..responses import json_response
 from ..store import ApiKey, Conflict, Tenant
 from . import alert_settings
 from .auth import require_admin

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..clock import rfc3339
 from ..events import FEATURE, Rejection, parse_timestamp
 from ..periods import period_containing
-from ..probes import json_response
+from ..responses import json_response
 from ..store import WINDOWS, CurrentUsage, Store, StoreUnavailable, Tenant
 from ..stream import RedisUnavailable, Stream
 from ..usage_versions import UsageVersions

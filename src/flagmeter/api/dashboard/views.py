@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from ...clock import rfc3339
-from ...probes import json_response
+from ...responses import json_response
 from ...store import CurrentUsage
 from ...stream import RedisUnavailable
 from ...tally import Hold, Tally
