@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .clock import Clock
 from .quota_figures import TALLY_LUA, QuotaKeys
@@ -23,6 +23,18 @@ from .quota_figures import TALLY_LUA, QuotaKeys
 class RedisUnavailable(Exception):
     """Redis cannot be reached or refuses writes (the stream's, and every key beside it); for an append,
     nothing of the request was appended."""
+
+
+T = TypeVar("T")
+
+
+async def on_redis(call: Awaitable[T]) -> T:
+    """`call`'s result, or RedisUnavailable for any of Redis's errors or a socket's (timeouts included:
+    TimeoutError is an OSError)."""
+    try:
+        return await call
+    except (RedisError, OSError) as error:
+        raise RedisUnavailable(str(error)) from error
 
 
 class RateLimited(Exception):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .stream import RedisUnavailable, Stream
+from .stream import Stream, on_redis
 
 # One failed dashboard sign-in of an address: its count in a fixed window of ARGV[1] ms, shared by every
 # API process. The expiry is set when the window opens (or if a key somehow has none). Reply: count, ms left.
@@ -36,22 +34,17 @@ class SignInFailures:
 
     async def count(self, address: str, window_ms: int) -> tuple[int, int]:
         """Count one failure of `address`; (failures in its window, ms until the window ends)."""
-        try:
-            reply = await asyncio.wait_for(
-                self._count_failure(keys=[self._key(address)], args=[window_ms]), SIGN_IN_TIMEOUT_S
-            )
-        except (RedisError, OSError, TimeoutError) as error:
-            raise RedisUnavailable(str(error)) from error
+        call = self._count_failure(keys=[self._key(address)], args=[window_ms])
+        reply = await on_redis(asyncio.wait_for(call, SIGN_IN_TIMEOUT_S))
         return int(reply[0]), int(reply[1])
 
     async def current(self, address: str) -> tuple[int, int]:
         """(failures of `address` in its current window, ms until it ends); (0, 0) with none."""
-        key = self._key(address)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                count, left = await asyncio.wait_for(pipe.execute(), SIGN_IN_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError) as error:
-            raise RedisUnavailable(str(error)) from error
+        count, left = await on_redis(self._current(self._key(address)))
         return (int(count), int(left)) if count is not None and int(left) > 0 else (0, 0)
+
+    async def _current(self, key: str) -> list[Any]:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            return list(await asyncio.wait_for(pipe.execute(), SIGN_IN_TIMEOUT_S))

@@ -16,17 +16,26 @@ from typing import Any
 import orjson
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .appender import Appender, RateLimited, RedisUnavailable
+from .appender import Appender, RateLimited, RedisUnavailable, on_redis
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Event
 from .quota import tally
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
-__all__ = ["Backlog", "Entry", "RateLimited", "RedisUnavailable", "Stream", "consumer_name", "encode"]
+__all__ = [
+    "Backlog",
+    "Entry",
+    "RateLimited",
+    "RedisUnavailable",
+    "Stream",
+    "consumer_name",
+    "encode",
+    "on_redis",
+]
 
 # Ack, delete, and in the same call take each really acknowledged entry's tally off the pending figures
 # and merge the batch's absolute daily totals into the counted ones: a reader sees the events pending or
@@ -139,10 +148,7 @@ class Stream:
         await self.client.aclose()
 
     async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except (RedisError, OSError) as error:
-            raise RedisUnavailable(str(error)) from error
+        await on_redis(self.client.ping())
 
     async def append(
         self,

@@ -22,10 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA
-from .stream import RedisUnavailable, Stream
+from .stream import RedisUnavailable, Stream, on_redis
 
 DailyTotals = Sequence[tuple[str, int]]  # (day_field(tenant, day), tokens)
 REBUILD_LOCK_MS = 30_000
@@ -193,12 +191,12 @@ class Tally:
     async def release(self, tenant: str, ident: str, now_ms: int) -> int:
         """1 released, 0 no such hold, -1 it had expired."""
         keys = [self.keys.holds(tenant), self.keys.expiry(tenant)]
-        return int(await self._redis(self._release(keys=keys, args=[now_ms, ident])))
+        return int(await on_redis(self._release(keys=keys, args=[now_ms, ident])))
 
     async def holds(self, tenant: str, now_ms: int) -> tuple[list[Hold], int]:
         """The tenant's active holds, soonest to expire first, and how many expired ones were dropped."""
         keys = [self.keys.holds(tenant), self.keys.expiry(tenant)]
-        reply = await self._redis(self._list(keys=keys, args=[now_ms]))
+        reply = await on_redis(self._list(keys=keys, args=[now_ms]))
         rows = reply[1:]
         holds = [
             Hold(_text(rows[i]), tenant, int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3)
@@ -206,10 +204,10 @@ class Tally:
         return holds, int(reply[0])
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
-        reply = await self._redis(script(keys=keys, args=args))
+        reply = await on_redis(script(keys=keys, args=args))
         if int(reply[0]) == -1:
             await self.rebuild()
-            reply = await self._redis(script(keys=keys, args=args))
+            reply = await on_redis(script(keys=keys, args=args))
             if int(reply[0]) == -1:
                 raise RedisUnavailable("quota figures are being rebuilt; retry")
         return list(reply)
@@ -222,11 +220,11 @@ class Tally:
         """
         keys = self.keys
         token = os.urandom(8).hex()
-        if not await self._redis(self.client.set(keys.rebuilding, token, nx=True, px=REBUILD_LOCK_MS)):
+        if not await on_redis(self.client.set(keys.rebuilding, token, nx=True, px=REBUILD_LOCK_MS)):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + REBUILD_WAIT_S
             while loop.time() < deadline:
-                if await self._redis(self.client.exists(keys.loaded)):
+                if await on_redis(self.client.exists(keys.loaded)):
                     return
                 await asyncio.sleep(0.05)
             raise RedisUnavailable("quota figures are being rebuilt; retry")
@@ -234,18 +232,11 @@ class Tally:
             totals = await self._load_counted()
             flat = [value for pair in totals for value in pair]
             for i in range(0, len(flat), 2 * MERGE_CHUNK):
-                await self._redis(self._merge(keys=[keys.counted], args=flat[i : i + 2 * MERGE_CHUNK]))
-            await self._redis(self._rebuild_pending(keys=[keys.pending, self.stream.name, keys.loaded]))
+                await on_redis(self._merge(keys=[keys.counted], args=flat[i : i + 2 * MERGE_CHUNK]))
+            await on_redis(self._rebuild_pending(keys=[keys.pending, self.stream.name, keys.loaded]))
         finally:
-            if await self._redis(self.client.get(keys.rebuilding)) == token.encode():
-                await self._redis(self.client.delete(keys.rebuilding))
-
-    @staticmethod
-    async def _redis(call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except (RedisError, OSError) as error:
-            raise RedisUnavailable(str(error)) from error
+            if await on_redis(self.client.get(keys.rebuilding)) == token.encode():
+                await on_redis(self.client.delete(keys.rebuilding))
 
 
 def _text(value: bytes | str) -> str:

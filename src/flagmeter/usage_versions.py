@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .stream import RedisUnavailable, Stream
+from .stream import Stream, on_redis
 
 # Per-tenant usage versions only ever rise: KEYS[i] becomes ARGV[i] unless it is already at or above it.
 RAISE_VERSIONS_LUA = """
@@ -44,15 +42,8 @@ class UsageVersions:
 
     async def announced(self, tenant: str) -> int:
         """The tenant's announced usage version (0 before any); RedisUnavailable when unknowable."""
-        try:
-            version = await self.client.get(self._key(tenant))
-        except (RedisError, OSError) as error:
-            raise RedisUnavailable(str(error)) from error
-        return int(version or 0)
+        return int(await on_redis(self.client.get(self._key(tenant))) or 0)
 
     async def announce(self, tenant: str, version: int) -> None:
         """`raise_to` for the API: RedisUnavailable when Redis cannot be reached."""
-        try:
-            await self.raise_to({tenant: version})
-        except (RedisError, OSError) as error:
-            raise RedisUnavailable(str(error)) from error
+        await on_redis(self.raise_to({tenant: version}))
