@@ -6,9 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flagmeter.events import MAX_AGE_MS, MAX_AHEAD_MS, Event, Rejection, normalise, parse_timestamp
-from flagmeter.stream import _decode as stream_decode
-from flagmeter.stream import encode
+from flagmeter.events import MAX_AGE_MS, MAX_AHEAD_MS, Rejection, normalise, parse_timestamp
 
 NOW = 1_764_000_000_000
 
@@ -129,28 +127,3 @@ def test_timestamps_parse_to_the_same_instant_as_the_standard_library(
     if offset_minutes == 0:
         assert parse_timestamp(text.replace("+00:00", "Z")) == expected
         assert parse_timestamp(text.replace("+00:00", "z")) == expected
-
-
-def test_an_accepted_event_travels_the_stream_as_its_row_and_back() -> None:
-    event = judge({"id": "e-1", "feature": "chat", "tokens": 5})
-    entry = stream_decode("1-0", {b"e": encode([event, event])})
-    assert entry.events == (event, event)
-    assert type(entry.events[0]) is Event and entry.events[0].feature == "chat"
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b'[["acme","e","chat",true,1,1]]',  # a bool is not a token count
-        b'[["acme","e","chat",5,1.5,1]]',
-        b'[["acme","e","chat",5,1]]',  # a field short
-        b'[["acme","e","chat",5,1,1,0]]',
-        b'[["acme",7,"chat",5,1,1]]',
-        b'[["acme","e","chat",5,1,1],"acmeee"]',
-        b'[["acme","e","chat",5,1,1],{"a":1}]',
-        b"[[]]",
-        b"not json",
-    ],
-)
-def test_a_malformed_stream_entry_decodes_to_no_events(payload: bytes) -> None:
-    assert stream_decode("1-0", {b"e": payload}).events is None

@@ -44,7 +44,7 @@ class RateLimited(Exception):
 
 
 # The appends of the requests that waited for the previous call (see Appender.append), in one atomic call.
-# A request's accepted events travel as ONE stream entry (a JSON array of rows): one XADD, one
+# A request's accepted events travel as ONE stream entry (stream.encode's columns): one XADD, one
 # decode and one ack per request, however many events it holds. The same call adds the entry's tally
 # to the pending figures and settles the reservations its events name.
 # KEYS: stream, pending, then rate-limit buckets and hold keys. ARGV: rate_now_ms, now_ms (service

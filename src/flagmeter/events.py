@@ -34,8 +34,8 @@ def _new_valid_feature(feature: str) -> bool:
 class Event(NamedTuple):
     """An accepted event, as it travels through the stream to the worker.
 
-    A named tuple: immutable, cheap to build (the API makes one per event), and serialised by orjson
-    as the stream's row `[tenant, id, feature, tokens, occurred_ms, received_ms]` as it is.
+    A named tuple: immutable, cheap to build (the API makes one per event); the stream carries a
+    request's events as columns of these fields (stream.encode).
     """
 
     tenant: str
@@ -44,26 +44,6 @@ class Event(NamedTuple):
     tokens: int
     occurred_ms: int
     received_ms: int
-
-    @classmethod
-    def from_rows(cls, rows: list[Any]) -> tuple[Event, ...]:
-        """A stream entry's rows as events; ValueError (or TypeError) on any malformed row."""
-        # One loop, no call per row: the worker decodes every event it counts. `type(x) is` also
-        # refuses a bool for an int.
-        events = []
-        for row in rows:
-            tenant, event_id, feature, tokens, occurred_ms, received_ms = row
-            if not (
-                type(tenant) is str
-                and type(event_id) is str
-                and type(feature) is str
-                and type(tokens) is int
-                and type(occurred_ms) is int
-                and type(received_ms) is int
-            ):
-                raise ValueError(f"malformed stream row: {row!r}")
-            events.append(_new_event(cls, (tenant, event_id, feature, tokens, occurred_ms, received_ms)))
-        return tuple(events)
 
 
 # Event(...) without the named tuple's generated __new__ (a Python frame per event on the API's hot path)

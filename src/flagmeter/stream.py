@@ -11,6 +11,8 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -33,6 +35,7 @@ __all__ = [
     "RedisUnavailable",
     "Stream",
     "consumer_name",
+    "decode",
     "encode",
     "on_redis",
 ]
@@ -80,21 +83,90 @@ class Backlog:
     dead_letters: int
 
 
+# A stream entry's field `e` holds the events of one request, as JSON. Written now: columns, one group per
+# run of events of one tenant and received time (a request's events share its received time, and a
+# tenant key's its tenant: one group, but for an admin's batch of several tenants):
+#     [[tenant, received_ms, [id, ...], [feature, ...], [tokens, ...], [occurred_ms, ...]], ...]
+# Tenant and received time are written once, and encoding and decoding run in C, not per event in
+# Python. Still read, as entries from before (a rolling upgrade; the dead-letter stream, replayable):
+#     [[tenant, id, feature, tokens, occurred_ms, received_ms], ...]   a row per event
+#     [tenant, id, feature, tokens, occurred_ms, received_ms]          one bare row
+
+
 def encode(events: Sequence[Event]) -> bytes:
-    return orjson.dumps(events, default=tuple)  # an Event, a named tuple, is written as its row
+    if not events:
+        return b"[]"
+    tenants, ids, features, tokens, occurred, received = zip(*events, strict=True)
+    n = len(events)
+    if tenants.count(tenants[0]) == n and received.count(received[0]) == n:  # a request's: one group
+        return orjson.dumps(((tenants[0], received[0], ids, features, tokens, occurred),))
+    groups: list[tuple[Any, ...]] = []
+    for (tenant, received_ms), run in groupby(events, _TENANT_AND_RECEIVED):
+        _, ids, features, tokens, occurred, _ = zip(*run, strict=True)
+        groups.append((tenant, received_ms, ids, features, tokens, occurred))
+    return orjson.dumps(groups)
 
 
-def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+_TENANT_AND_RECEIVED = itemgetter(0, 5)
+
+
+def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    """An entry as read from the stream; its `events` are None when its payload is malformed."""
     ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     payload = fields.get(b"e", b"")
     try:
-        rows = orjson.loads(payload)
-        if rows and not isinstance(rows[0], list):
-            rows = [rows]  # one bare row: an entry written before entries held whole requests
-        events: tuple[Event, ...] | None = Event.from_rows(rows) or None
+        groups = orjson.loads(payload)
+        if groups and not isinstance(groups[0], list):
+            groups = [groups]  # one bare row
+        if groups and type(groups[0][1]) is str:  # rows: the second of a row is an event id
+            events: tuple[Event, ...] | None = _from_rows(groups) or None
+        else:
+            events = _from_columns(groups) or None
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
         events = None
     return Entry(ident, payload, events)
+
+
+def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
+    """ValueError (or TypeError) on any malformed group. No Python runs per event: an event is built
+    by map() and zip(), the columns' types are checked by set(map(type, ...))."""
+    events: list[Event] = []
+    for tenant, received_ms, ids, features, tokens, occurred in groups:
+        if not (
+            type(tenant) is str
+            and type(received_ms) is int
+            and _column_of(ids, str)
+            and _column_of(features, str)
+            and _column_of(tokens, int)  # `type() is`: a bool is not a token count
+            and _column_of(occurred, int)
+        ):
+            raise ValueError(f"malformed stream group: {tenant!r}, {received_ms!r}")
+        n = len(ids)
+        rows = zip(repeat(tenant, n), ids, features, tokens, occurred, repeat(received_ms, n), strict=True)
+        events.extend(map(tuple.__new__, repeat(Event, n), rows))  # as events.normalise builds one
+    return tuple(events)
+
+
+def _column_of(values: Any, kind: type) -> bool:
+    return type(values) is list and set(map(type, values)) == {kind}  # an empty column is malformed
+
+
+def _from_rows(rows: list[Any]) -> tuple[Event, ...]:
+    """ValueError (or TypeError) on any malformed row."""
+    events = []
+    for row in rows:
+        tenant, event_id, feature, tokens, occurred_ms, received_ms = row
+        if not (
+            type(tenant) is str
+            and type(event_id) is str
+            and type(feature) is str
+            and type(tokens) is int
+            and type(occurred_ms) is int
+            and type(received_ms) is int
+        ):
+            raise ValueError(f"malformed stream row: {row!r}")
+        events.append(tuple.__new__(Event, (tenant, event_id, feature, tokens, occurred_ms, received_ms)))
+    return tuple(events)
 
 
 def consumer_name() -> str:
@@ -185,7 +257,7 @@ class Stream:
                 await self.ensure_group()
                 return []
             raise
-        return [_decode(i, f) for _, entries in reply or [] for i, f in entries]
+        return [decode(i, f) for _, entries in reply or [] for i, f in entries]
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries idle longer than `min_idle_ms` (a dead or stuck consumer's)."""
@@ -198,7 +270,7 @@ class Stream:
                 await self.ensure_group()
                 return []
             raise
-        entries = [_decode(i, f) for i, f in reply[1] if f is not None]
+        entries = [decode(i, f) for i, f in reply[1] if f is not None]
         if not entries:
             return []
         pending = await self.client.xpending_range(
@@ -271,7 +343,7 @@ class Stream:
         async with self.client.pipeline(transaction=True) as pipe:
             for entry_id, fields in entries:
                 # Back on the stream with its tally, through the append script: pending again.
-                events = _decode(entry_id, fields).events or ()
+                events = decode(entry_id, fields).events or ()
                 await self._appender.queue_on(pipe, fields[b"e"], tally(events))
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
