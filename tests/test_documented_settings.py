@@ -4,6 +4,7 @@ same settings as leaving the variable unset, and the large-batch size it names i
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 from flagmeter.api.ingest import LARGE_BODY
@@ -35,3 +36,9 @@ def test_every_literal_default_in_the_readme_is_the_codes_default() -> None:
 def test_the_readme_names_the_apis_large_batch_size() -> None:
     sizes = set(re.findall(r"over (\d+) KiB", README))
     assert sizes == {str(LARGE_BODY // 1024)}
+
+
+def test_the_readme_documents_every_variable_the_settings_read() -> None:
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", README, re.MULTILINE))
+    read = {item.metadata["env"] for item in fields(Settings) if "env" in item.metadata}
+    assert read - documented == set(), "settings read from the environment but not in the README's table"

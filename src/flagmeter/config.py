@@ -62,7 +62,12 @@ def database_url_from(env: dict[str, str]) -> str:
 
 
 def log_level_from(env: dict[str, str]) -> str:
-    return env.get("FLAGMETER_LOG_LEVEL", "INFO").upper()
+    return (env.get("FLAGMETER_LOG_LEVEL") or "INFO").upper()
+
+
+def setting(default: Any, env: str, minimum: int = 0) -> Any:
+    """A field of Settings read from `env` (unset or empty: `default`); an integer must be >= `minimum`."""
+    return field(default=default, metadata={"env": env, "minimum": minimum})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,29 +75,29 @@ class Settings:
     database_url: str
     redis_url: str
     admin_token: str
-    port: int = 8080
-    listen_host: str = "0.0.0.0"
-    api_processes: int = 1
-    worker_metrics_port: int = WORKER_METRICS_PORT
-    rate_limit: int = 10000
-    large_batches_in_flight: int = 8
-    login_attempts: int = 10
-    trusted_proxies: tuple[Network, ...] = ()
-    log_level: str = "INFO"
-    public_url: str = "http://localhost:8080"
-    stream: str = "flagmeter:events"
-    consumer_group: str = "flagmeter-workers"
-    batch_size: int = 4000
-    claim_idle_ms: int = 30000
-    max_deliveries: int = 5
-    db_pool_size: int = 10
-    slack_webhook_url: str = ""
-    allow_http_webhooks: bool = False
-    allow_private_webhooks: bool = False
-    alert_timeout_ms: int = 10_000
-    alert_retry_base_ms: int = 30_000
-    alert_max_attempts: int = 8
-    access_log: bool = False
+    port: int = setting(8080, "PORT", 1)
+    listen_host: str = setting("0.0.0.0", "FLAGMETER_LISTEN_HOST")
+    api_processes: int = setting(os.cpu_count() or 1, "FLAGMETER_API_PROCESSES", 1)
+    worker_metrics_port: int = setting(WORKER_METRICS_PORT, "FLAGMETER_WORKER_METRICS_PORT")
+    rate_limit: int = setting(10000, "FLAGMETER_RATE_LIMIT")
+    large_batches_in_flight: int = setting(8, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", 1)
+    login_attempts: int = setting(10, "FLAGMETER_LOGIN_ATTEMPTS", 1)
+    trusted_proxies: tuple[Network, ...] = setting((), "FLAGMETER_TRUSTED_PROXIES")
+    log_level: str = "INFO"  # from_env: FLAGMETER_LOG_LEVEL (log_level_from)
+    public_url: str = "http://localhost:8080"  # from_env: FLAGMETER_PUBLIC_URL, by default of PORT
+    stream: str = setting("flagmeter:events", "FLAGMETER_STREAM")
+    consumer_group: str = setting("flagmeter-workers", "FLAGMETER_CONSUMER_GROUP")
+    batch_size: int = setting(4000, "FLAGMETER_BATCH_SIZE", 1)
+    claim_idle_ms: int = setting(30000, "FLAGMETER_CLAIM_IDLE_MS", 100)
+    max_deliveries: int = setting(5, "FLAGMETER_MAX_DELIVERIES", 1)
+    db_pool_size: int = setting(10, "FLAGMETER_DB_POOL_SIZE", 1)
+    slack_webhook_url: str = setting("", "FLAGMETER_SLACK_WEBHOOK_URL")
+    allow_http_webhooks: bool = setting(False, "FLAGMETER_ALLOW_HTTP_WEBHOOKS")
+    allow_private_webhooks: bool = setting(False, "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS")
+    alert_timeout_ms: int = setting(10_000, "FLAGMETER_ALERT_TIMEOUT_MS", 100)
+    alert_retry_base_ms: int = setting(30_000, "FLAGMETER_ALERT_RETRY_BASE_MS", 1)
+    alert_max_attempts: int = setting(8, "FLAGMETER_ALERT_MAX_ATTEMPTS", 1)
+    access_log: bool = setting(False, "FLAGMETER_ACCESS_LOG")
     clock: Clock = field(default=SYSTEM, compare=False)
 
     @property
@@ -112,36 +117,31 @@ class Settings:
             admin_token = "dev-admin-token"
         elif len(admin_token) < 16 and not dev:
             raise ConfigError("FLAGMETER_ADMIN_TOKEN must be at least 16 characters")
-        default: dict[str, Any] = {f.name: f.default for f in fields(cls)}  # the defaults, defined above
-        port = _int(env, "PORT", default["port"], 1)
+        values = {
+            item.name: _parse(env, item.metadata["env"], item.default, item.metadata["minimum"])
+            for item in fields(cls)
+            if "env" in item.metadata
+        }
+        public_url = env.get("FLAGMETER_PUBLIC_URL") or f"http://localhost:{values['port']}"
         return cls(
             database_url=env["DATABASE_URL"],
             redis_url=env["REDIS_URL"],
             admin_token=admin_token,
-            port=port,
-            listen_host=env.get("FLAGMETER_LISTEN_HOST") or default["listen_host"],
-            api_processes=_int(env, "FLAGMETER_API_PROCESSES", os.cpu_count() or 1, 1),
-            worker_metrics_port=_int(env, "FLAGMETER_WORKER_METRICS_PORT", default["worker_metrics_port"], 0),
-            rate_limit=_int(env, "FLAGMETER_RATE_LIMIT", default["rate_limit"], 0),
-            large_batches_in_flight=_int(
-                env, "FLAGMETER_LARGE_BATCHES_IN_FLIGHT", default["large_batches_in_flight"], 1
-            ),
-            login_attempts=_int(env, "FLAGMETER_LOGIN_ATTEMPTS", default["login_attempts"], 1),
-            trusted_proxies=_networks(env, "FLAGMETER_TRUSTED_PROXIES"),
             log_level=log_level_from(env),
-            public_url=env.get("FLAGMETER_PUBLIC_URL", f"http://localhost:{port}").rstrip("/"),
-            stream=env.get("FLAGMETER_STREAM", default["stream"]),
-            consumer_group=env.get("FLAGMETER_CONSUMER_GROUP", default["consumer_group"]),
-            batch_size=_int(env, "FLAGMETER_BATCH_SIZE", default["batch_size"], 1),
-            claim_idle_ms=_int(env, "FLAGMETER_CLAIM_IDLE_MS", default["claim_idle_ms"], 100),
-            max_deliveries=_int(env, "FLAGMETER_MAX_DELIVERIES", default["max_deliveries"], 1),
-            db_pool_size=_int(env, "FLAGMETER_DB_POOL_SIZE", default["db_pool_size"], 1),
-            slack_webhook_url=env.get("FLAGMETER_SLACK_WEBHOOK_URL", ""),
-            allow_http_webhooks=_flag(env, "FLAGMETER_ALLOW_HTTP_WEBHOOKS"),
-            allow_private_webhooks=_flag(env, "FLAGMETER_ALLOW_PRIVATE_WEBHOOKS"),
-            alert_timeout_ms=_int(env, "FLAGMETER_ALERT_TIMEOUT_MS", default["alert_timeout_ms"], 100),
-            alert_retry_base_ms=_int(env, "FLAGMETER_ALERT_RETRY_BASE_MS", default["alert_retry_base_ms"], 1),
-            alert_max_attempts=_int(env, "FLAGMETER_ALERT_MAX_ATTEMPTS", default["alert_max_attempts"], 1),
-            access_log=env.get("FLAGMETER_ACCESS_LOG", "") == "1",
+            public_url=public_url.rstrip("/"),
             clock=clock_from_env(env),
+            **values,
         )
+
+
+def _parse(env: dict[str, str], name: str, default: Any, minimum: int) -> Any:
+    """`name`'s value, of its default's kind; unset or empty, the default."""
+    if not env.get(name):
+        return default
+    if isinstance(default, bool):
+        return _flag(env, name)
+    if isinstance(default, int):
+        return _int(env, name, default, minimum)
+    if isinstance(default, tuple):
+        return _networks(env, name)
+    return env[name]
