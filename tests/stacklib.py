@@ -30,13 +30,13 @@ def mid_period_day(today: date | None = None) -> int:
     return ((today or datetime.now(UTC).date()) + timedelta(days=15)).day
 
 
-def fresh_database(database_url: str) -> str:
-    """A new, empty database on the same server; returns its URL."""
+def fresh_database(database_url: str, options: str = "") -> str:
+    """A new, empty database on the same server (CREATE DATABASE's `options`); returns its URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(database_url)
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"CREATE DATABASE {name} {options}")
     admin.close()
     return database_url.rsplit("/", 1)[0] + f"/{name}"
 

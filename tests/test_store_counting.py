@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import psycopg2
+import pytest
 
 from flagmeter.events import Event
 from flagmeter.ledger import LedgerInsert
@@ -23,8 +24,13 @@ from stacklib import fresh_database
 TENANTS = {"day-one": 1, "day-fifteen": 15, "day-thirty-one": 31}
 
 
-def _database(servers: LocalStack) -> str:
-    url = fresh_database(servers.database_url)
+# A database whose default collation is a language's (ICU's, which needs no locale installed on the
+# machine), as the official postgres image's en_US.utf8 is: 'a' < 'B' there, 'B' < 'a' in byte order.
+LANGUAGE_ORDER = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+
+
+def _database(servers: LocalStack, options: str = "") -> str:
+    url = fresh_database(servers.database_url, options)
     asyncio.run(migrate(url))
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         for tenant, day in TENANTS.items():
@@ -82,8 +88,11 @@ def _stored(
     return rollups, totals, events, ledger
 
 
-def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(servers: LocalStack) -> None:
-    url = _database(servers)
+@pytest.mark.parametrize("options", ["", LANGUAGE_ORDER], ids=["server-default", "language-order"])
+def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(
+    servers: LocalStack, options: str
+) -> None:
+    url = _database(servers, options)
 
     async def run() -> list[tuple[int, int]]:
         store = await Store.connect(url, size=2)
@@ -142,3 +151,20 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
 
     assert asyncio.run(run()) == 5 * (400 + 3 * 100)
     assert _stored(url)[2:] == (3500, 3500)
+
+
+def test_the_counting_keys_compare_as_bytes_on_a_database_of_a_language_order(servers: LocalStack) -> None:
+    url = _database(servers, LANGUAGE_ORDER)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 'a' < 'B'")
+        assert cur.fetchone() == (True,)  # the database's own order is the language's
+        cur.execute(
+            "SELECT a.attrelid::regclass::text, a.attname, c.collname FROM pg_attribute a"
+            " JOIN pg_collation c ON c.oid = a.attcollation"
+            " WHERE a.attrelid = ANY('{event_ids,rollups,daily_totals,period_totals}'::regclass[])"
+            " AND a.attname IN ('tenant_id', 'event_id', 'feature')"
+        )
+        collations = {(table, column): name for table, column, name in cur.fetchall()}
+    conn.close()
+    assert len(collations) == 7
+    assert set(collations.values()) == {"C"}, collations

@@ -182,15 +182,18 @@ def _periods_and_days(
     return starts, [(t, day_of(d * DAY_MS)) for t, d in sorted(days)]
 
 
-# Counting one batch in one statement. Times travel as epoch milliseconds and become timestamps
-# per row only where a row is stored; rollups and totals group on integers, converting per group.
+# Counting one batch in one statement. Its text columns compare as bytes, as the keys they meet do
+# (migration 0007): no strcoll() per comparison under any cluster locale. Times travel as epoch
+# milliseconds and become timestamps per row only where a row is stored; rollups and totals group on
+# integers, converting per group.
 # Both forms define `counted` from what the ledger took, so the ledger insert runs first; the other
 # inserts follow when the statement ends (totals, rollups, events). Every worker thus takes ledger
 # keys, then totals rows, then rollup rows, each in key order, and two workers cannot deadlock.
 _COUNT_SQL = """
 WITH input AS (
     SELECT * FROM unnest(
-        %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
+        %s::text[] COLLATE "C", %s::text[] COLLATE "C", %s::text[] COLLATE "C",
+        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
     ) AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms)
 ), ledger AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
