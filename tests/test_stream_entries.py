@@ -76,6 +76,9 @@ def test_entries_of_rows_from_before_the_columns_still_read() -> None:
         b'[["acme",1,["e"],["chat"],[true],[1]]]',  # columns: a bool is not a token count
         b'[["acme",1,["e"],["chat"],[5],[1.5]]]',
         b'[["acme",1,["e","f"],["chat"],[5],[1]]]',  # a column short
+        b'[["acme",1,["e"],["chat","x"],[5,6],[1,2]]]',  # the ids short
+        b'[["acme",1,["e"],["chat"],[5,6,7],[1]]]',
+        b'[["acme",1,["e"],["chat"],[5],[1,2]]]',
         b'[["acme",1,[],[],[],[]]]',  # a group of no events
         b'[["acme",1,"ef",["chat","chat"],[5,5],[1,1]]]',  # a string is not a column of ids
         b'[[7,1,["e"],["chat"],[5],[1]]]',

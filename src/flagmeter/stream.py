@@ -139,6 +139,7 @@ def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
             and _column_of(features, str)
             and _column_of(tokens, int)  # `type() is`: a bool is not a token count
             and _column_of(occurred, int)
+            and len(ids) == len(features) == len(tokens) == len(occurred)
         ):
             raise ValueError(f"malformed stream group: {tenant!r}, {received_ms!r}")
         n = len(ids)
