@@ -183,7 +183,7 @@ def _periods_and_days(
 
 
 # Counting one batch in one statement. Its text columns compare as bytes, as the keys they meet do
-# (migration 0007): no strcoll() per comparison under any cluster locale. Times travel as epoch
+# (migrations 0007, 0008): no strcoll() per comparison under any cluster locale. Times travel as epoch
 # milliseconds and become timestamps per row only where a row is stored; rollups and totals group on
 # integers, converting per group.
 # Both forms define `counted` from what the ledger took, so the ledger insert runs first; the other
