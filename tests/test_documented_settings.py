@@ -1,5 +1,6 @@
 """The README's configuration table and limits say what the code does: a default written there gives the
-same settings as leaving the variable unset, and the large-batch size it names is the API's."""
+same settings as leaving the variable unset, and the limits it names (the large-batch size, the dead
+letters a starting worker looks through) are the code's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from flagmeter.api.ingest import LARGE_BODY
 from flagmeter.config import Settings
+from flagmeter.stream import READABLE_SCAN
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 REQUIRED = {
@@ -36,6 +38,12 @@ def test_every_literal_default_in_the_readme_is_the_codes_default() -> None:
 def test_the_readme_names_the_apis_large_batch_size() -> None:
     sizes = set(re.findall(r"over (\d+) KiB", README))
     assert sizes == {str(LARGE_BODY // 1024)}
+
+
+def test_the_readme_and_the_design_name_how_many_dead_letters_a_starting_worker_looks_through() -> None:
+    design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    counts = set(re.findall(r"the newest ([\d,]+) dead letters", README + design))
+    assert counts == {f"{READABLE_SCAN:,}"}
 
 
 def test_the_readme_documents_every_variable_the_settings_read() -> None:

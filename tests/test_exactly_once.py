@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from flagmeter.events import Event
-from flagmeter.stream import decode
-from stacklib import Process, Stack
+from flagmeter.stream import Stream, decode, encode
+from stacklib import Process, Stack, wait_until
 
 
 def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
@@ -173,6 +173,55 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_without_blocking_the_line(
     finally:
         worker.stop()
         api.stop()
+
+
+def test_a_starting_worker_counts_once_what_an_older_worker_could_not_read(stack: Stack) -> None:
+    # A rolling upgrade: a worker from before the columnar stream entries dead-lettered the new API's
+    # entries as malformed (fields as Stream.dead_letter_entries writes them, then as now).
+    env = _isolated(stack)
+    tenant, _ = stack.create_tenant()
+    client = redis.Redis.from_url(stack.redis_url)
+    stream, dead = env["FLAGMETER_STREAM"], f"{env['FLAGMETER_STREAM']}:dead"
+    now = int(time.time() * 1000)
+    entry = encode([Event(tenant, "up-1", "chat", 5, now, now), Event(tenant, "up-2", "tts", 2, now, now)])
+    for source, payload, reason in [
+        ("1-0", entry, "malformed"),
+        ("2-0", entry, "malformed"),  # the same request twice (a client's retry): counted once
+        ("3-0", b"not json", "malformed"),  # unreadable still: stays
+        ("4-0", encode([Event("nobody", "x", "chat", 1, now, now)]), "unknown_tenant"),  # not this case's
+    ]:
+        client.xadd(dead, {"e": payload, "source_id": source, "reason": reason, "deliveries": "1"})
+    api, url = stack.start_api(processes=1, **env)
+    for _ in range(2):  # a second start finds nothing more to put back
+        worker, _ = stack.start_worker(**env)
+        try:
+            stack.wait_used(tenant, 7, base=url)
+            wait_until(lambda: client.xlen(stream) == 0, 10, "the put-back entries to be acked")
+            assert stack.counted_rows(tenant) == 2
+            assert [f[b"source_id"] for _, f in client.xrange(dead)] == [b"3-0", b"4-0"]
+        finally:
+            worker.stop()
+    api.stop()
+
+
+async def test_only_the_newest_dead_letters_are_looked_through_and_put_back_in_order(stack: Stack) -> None:
+    name = f"test:{uuid.uuid4().hex[:8]}"
+    stream = Stream.from_url(stack.redis_url, name, "flagmeter-workers", f"{name}:dead")
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        await stream.ensure_group()
+        with client.pipeline(transaction=False) as pipe:
+            for n in range(2500):  # every 100th readable, the rest unreadable still
+                payload = encode([Event("t", f"e{n}", "chat", 1, 0, 0)]) if n % 100 == 0 else b"[1]"
+                pipe.xadd(f"{name}:dead", {"e": payload, "source_id": str(n), "reason": "malformed"})
+            pipe.execute()
+        assert await stream.replay_readable(newest=1200) == 12  # 1300 .. 2400, across two pages
+        put_back = [decode(i, f).events for i, f in client.xrange(name)]
+        assert [events[0].id for events in put_back if events] == [f"e{n}" for n in range(1300, 2500, 100)]
+        assert client.xlen(f"{name}:dead") == 2500 - 12
+        assert await stream.replay_readable(newest=1200) == 0
+    finally:
+        await stream.close()
 
 
 def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_that_tenants_events(

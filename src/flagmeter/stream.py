@@ -170,6 +170,12 @@ def _from_rows(rows: list[Any]) -> tuple[Event, ...]:
     return tuple(events)
 
 
+# How many of the newest dead letters a starting worker looks through for entries it can read now
+# (Stream.replay_readable): those of a rolling upgrade are the newest; `flagmeter dead-letters --replay`
+# puts back any number.
+READABLE_SCAN = 10_000
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -339,8 +345,31 @@ class Stream:
     async def replay_dead_letters(self, count: int) -> int:
         """Move up to `count` dead letters back onto the stream; dedup makes a replay safe."""
         entries = await self.client.xrange(self.dead_letter, count=count)
+        await self._put_back(entries)
+        return len(entries)
+
+    async def replay_readable(self, newest: int = READABLE_SCAN) -> int:
+        """Put back on the stream those of the `newest` dead letters that were dead-lettered as malformed
+        and that this code reads: an older worker's, which could not read a newer API's entries during a
+        rolling upgrade. The API accepted them (202), so they are due to be counted; the dedup ledger
+        counts each once, even if two workers starting at once both put one back."""
+        readable: list[tuple[bytes, dict[bytes, bytes]]] = []
+        scanned, before = 0, "+"
+        while scanned < newest:
+            count = min(1000, newest - scanned)
+            page = await self.client.xrevrange(self.dead_letter, max=before, count=count)
+            if not page:
+                break
+            scanned += len(page)
+            before = "(" + page[-1][0].decode()  # exclusive: older than the page's oldest
+            malformed = [(i, f) for i, f in page if f.get(b"reason") == b"malformed"]
+            readable += [(i, f) for i, f in malformed if decode(i, f).events is not None]
+        await self._put_back(readable[::-1])  # back in the order they came
+        return len(readable)
+
+    async def _put_back(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
         if not entries:
-            return 0
+            return
         async with self.client.pipeline(transaction=True) as pipe:
             for entry_id, fields in entries:
                 # Back on the stream with its tally, through the append script: pending again.
@@ -348,7 +377,6 @@ class Stream:
                 await self._appender.queue_on(pipe, fields[b"e"], tally(events))
             pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
             await pipe.execute()
-        return len(entries)
 
     async def backlog(self) -> Backlog:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -69,6 +69,11 @@ class Worker:
 
     async def start(self) -> None:
         await self.stream.ensure_group()
+        if readable := await self.stream.replay_readable():
+            log.warning(
+                "dead letters an older worker could not read put back on the stream",
+                extra={"count": readable, "reason": "malformed"},
+            )
         try:
             await self.store.ensure_partitions(self.settings.clock.now())
         except StoreUnavailable as error:
