@@ -137,6 +137,21 @@ def _sign_in(stack: ComposeStack, token: str, forwarded_for: str) -> int:
         return int(error.code)
 
 
+def test_the_cluster_has_the_official_images_locale_and_the_counting_keys_compare_as_bytes(
+    deployed: ComposeStack,
+) -> None:
+    # postgres:17 initialises under en_US.utf8 (its stand-in too); migrations 0007-0008 keep the keys
+    # out of that collation's strcoll().
+    collation = deployed.sql("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+    assert collation == "en_US.utf8"
+    keys = deployed.sql(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name IN"
+        " ('event_ids', 'rollups', 'daily_totals', 'period_totals')"
+        " AND column_name IN ('tenant_id', 'event_id', 'feature') AND collation_name = 'C'"
+    )
+    assert keys == "7"
+
+
 def test_sign_ins_behind_the_reverse_proxy_are_throttled_per_client(deployed: ComposeStack) -> None:
     # The test stands in for the reverse proxy in front of the published port: it appends the client's
     # address. Docker's port publishing hands the API a private gateway address, which the stack trusts.
