@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the system packages `make run` / `make test` need, when missing. Idempotent.
 #   .ci/system-deps.sh run    PostgreSQL and Redis server binaries, python3-venv
-#   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool
-#   .ci/system-deps.sh bench  the `run` set plus wrk (the bench's load generator)
+#   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool, the bench's locale
+#   .ci/system-deps.sh bench  the `run` set plus wrk (the bench's load generator) and the en_US.UTF-8
+#                             locale (its PostgreSQL runs under the postgres image's locale)
 # As root it installs with apt; otherwise it prints the one command to run.
 set -eu
 need=""
@@ -12,9 +13,12 @@ want() { need="$need $1"; }
 python3 -c 'import ensurepip, venv' 2>/dev/null || want python3-venv
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || has pg_ctl || want postgresql
 has redis-server || has valkey-server || want redis-server
+locale_missing() { ! locale -a 2>/dev/null | grep -qx 'en_US.utf8'; }
 if [ "${1:-run}" = bench ]; then
   has wrk || want wrk
 fi
+case "${1:-run}" in bench | test) bench_locale=1 ;; *) bench_locale= ;; esac
+if [ -n "$bench_locale" ] && locale_missing; then has locale-gen || want locales; fi
 if [ "${1:-run}" = test ]; then
   has dockerd || want docker.io
   has iptables || want iptables
@@ -27,8 +31,16 @@ if [ "${1:-run}" = test ]; then
   has prometheus-redis-exporter || want prometheus-redis-exporter
 fi
 
-[ -z "$need" ] && exit 0
-if [ "$(id -u)" = 0 ]; then
+if [ -n "$bench_locale" ] && locale_missing; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "the bench needs the en_US.UTF-8 locale; generate it with:" >&2
+    echo "  sudo apt-get install -y locales && echo 'en_US.UTF-8 UTF-8' | sudo tee -a /etc/locale.gen" \
+      "&& sudo locale-gen" >&2
+    exit 1
+  fi
+fi
+
+if [ -n "$need" ] && [ "$(id -u)" = 0 ]; then
   echo "installing system packages:$need"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
@@ -39,8 +51,14 @@ if [ "$(id -u)" = 0 ]; then
       prometheus-redis-exporter; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || service "$unit" stop >/dev/null 2>&1 || true
   done
-else
+elif [ -n "$need" ]; then
   echo "missing system packages; install them with:" >&2
   echo "  sudo apt-get install -y$need" >&2
   exit 1
+fi
+
+if [ -n "$bench_locale" ] && locale_missing; then
+  echo "generating the en_US.UTF-8 locale"
+  grep -qx 'en_US.UTF-8 UTF-8' /etc/locale.gen 2>/dev/null || echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen
+  locale-gen >/dev/null
 fi

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 from bench.calibrate import calibrate, describe  # noqa: E402
+from bench.stack import DATABASE_LOCALE  # noqa: E402
 
 from flagmeter.events import Event  # noqa: E402
 from flagmeter.ledger import LedgerInsert  # noqa: E402
@@ -118,13 +119,14 @@ def main() -> int:
     parser.add_argument("--setting", action="append", default=[], help="name=value for postgresql.conf")
     parser.add_argument("--sql", action="append", default=[], help="run after migrating, before the run")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a counting statement to try")
+    parser.add_argument("--locale", default=DATABASE_LOCALE, help="the cluster's (default: %(default)s)")
     args = parser.parse_args()
     if args.variant:
         VARIANTS[args.variant]()
     print(describe(calibrate()), flush=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     root = ROOT / ".run" / f"counting-{stamp}"
-    servers = LocalStack(root)
+    servers = LocalStack(root, locale=args.locale)
     servers.start_postgres()
     try:
         if args.setting:
@@ -134,16 +136,18 @@ def main() -> int:
             servers.start_postgres()
         url = servers.database_url
         asyncio.run(migrate(url))
-        asyncio.run(_prepare(url, args.sql))
+        collation = asyncio.run(_prepare(url, args.sql))
         result = asyncio.run(measure(url, args))
     finally:
         servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
-    print({"settings": args.setting, "sql": args.sql, "variant": args.variant, **result})
+    run = {"collation": collation, "settings": args.setting, "sql": args.sql, "variant": args.variant}
+    print(run | result)
     return 0
 
 
-async def _prepare(url: str, statements: list[str]) -> None:
+async def _prepare(url: str, statements: list[str]) -> str:
+    """The database's collation, once the tenants are in and `statements` run."""
     store = await Store.connect(url, size=1)
     async with store._cursor() as cur:
         for tenant in TENANTS:
@@ -153,7 +157,10 @@ async def _prepare(url: str, statements: list[str]) -> None:
             )
         for statement in statements:
             await cur.execute(statement)
+        await cur.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+        (collation,) = await cur.fetchone()
     await store.close()
+    return str(collation)
 
 
 if __name__ == "__main__":

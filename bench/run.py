@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from bench import generator, pyspy  # noqa: E402
 from bench.calibrate import calibrate, describe  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
-from bench.stack import running_stack  # noqa: E402
+from bench.stack import DATABASE_LOCALE, running_stack  # noqa: E402
 from loadtest.run import run_script  # noqa: E402
 
 from flagmeter.localstack import free_port, wait_port  # noqa: E402
@@ -381,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compose", action="store_true", help="the service in the production compose stack (containers)"
     )
+    parser.add_argument(
+        "--locale",
+        default=DATABASE_LOCALE,
+        help="the local cluster's locale (default: %(default)s, the postgres image's; not with --compose)",
+    )
     parser.add_argument("--output", type=Path, help="result JSON (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
 
@@ -414,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compose:
         from bench.compose import running_compose_stack as deployed
     else:
-        deployed = running_stack
+        deployed = partial(running_stack, locale=args.locale)
     with deployed(run_dir, args.processes) as stack:
         probe_tenant = f"bench-probe-{stamp.lower()}"
         probe_key = create_tenant(stack.api_url, stack.admin_token, probe_tenant)
@@ -449,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration,
         "machine": machine(),
         "deployment": "compose/docker-compose.yml" if args.compose else "local processes (bench/stack.py)",
+        "database_locale": "the postgres image's" if args.compose else args.locale,
         "plan": [asdict(step) for step in steps],
         "floor": floors,
         "skipped": skipped,

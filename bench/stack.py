@@ -49,21 +49,27 @@ class Stack(launch.Stack):
         return {}  # the roles share the harness's cgroup: only the compose stack has one per role
 
 
-def _servers(run_dir: Path) -> tuple[LocalStack | None, str, str]:
+# The throwaway cluster's locale: the official postgres image's (it sets LANG=en_US.utf8; so does its
+# stand-in, tests/images/postgres), under which PostgreSQL compares text with glibc's rules for English.
+# Runs before 5 December 2026 used the machine's (C.UTF-8): `bench/run.py --locale C.UTF-8` repeats them.
+DATABASE_LOCALE = "en_US.UTF-8"
+
+
+def _servers(run_dir: Path, locale: str) -> tuple[LocalStack | None, str, str]:
     """The servers in the environment's URLs, or fresh local ones under `run_dir`."""
     database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if database_url and redis_url:
         return None, database_url, redis_url
-    servers = LocalStack(run_dir / "data")
+    servers = LocalStack(run_dir / "data", locale=locale)
     servers.start()
     return servers, servers.database_url, servers.redis_url
 
 
 @contextlib.contextmanager
-def running_stack(run_dir: Path, api_processes: int) -> Iterator[Stack]:
+def running_stack(run_dir: Path, api_processes: int, locale: str = DATABASE_LOCALE) -> Iterator[Stack]:
     """A stack logging into `run_dir`; its data is deleted afterwards so each run starts empty."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    servers, database_url, redis_url = _servers(run_dir)
+    servers, database_url, redis_url = _servers(run_dir, locale)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

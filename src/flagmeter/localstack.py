@@ -61,8 +61,12 @@ def wait_port(port: int, timeout: float, what: str) -> None:
 
 
 class LocalStack:
-    def __init__(self, root: Path, pg_port: int | None = None, redis_port: int | None = None) -> None:
+    def __init__(
+        self, root: Path, pg_port: int | None = None, redis_port: int | None = None, locale: str = ""
+    ) -> None:
+        """`locale`: the cluster's (initdb --locale), when not the environment's."""
         self.root = root.resolve()
+        self.locale = locale
         self.pg_port = pg_port or free_port()
         self.redis_port = redis_port or free_port()
         self.pg_data = self.root / "postgres"
@@ -109,6 +113,7 @@ class LocalStack:
                 "-E",
                 "UTF8",
                 "--no-sync",
+                *([f"--locale={self.locale}"] if self.locale else []),
             )
             with open(self.pg_data / "postgresql.conf", "a") as conf:
                 conf.write(

@@ -7,6 +7,7 @@ known inputs (the harness itself is run by `make bench`, never by the test suite
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from bench.lag import percentile  # noqa: E402
 from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
 from bench.run import FLOOR_MODES  # noqa: E402
+from bench.stack import DATABASE_LOCALE  # noqa: E402
 
 from flagmeter.localstack import free_port  # noqa: E402
 from stacklib import wait_until  # noqa: E402
@@ -158,6 +160,13 @@ def test_every_floor_answers_202(mode: str) -> None:
         floor.wait(10)
 
 
+def test_the_benchs_cluster_has_the_locale_of_the_postgres_image_it_stands_for() -> None:
+    dockerfile = (ROOT / "tests" / "images" / "postgres" / "Dockerfile").read_text()
+    [lang] = re.findall(r"^ENV .*\bLANG=(\S+)", dockerfile, re.MULTILINE)
+    normalised = DATABASE_LOCALE.replace("UTF-8", "utf8")  # as glibc names it (locale -a)
+    assert lang == normalised
+
+
 @pytest.mark.parametrize("variant", [None, "no-raw-events"])
 def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None) -> None:
     """bench/counting.py (PostgreSQL's share of counting, for A/B of the statement) against the store's
@@ -168,5 +177,6 @@ def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None) 
     assert done.returncode == 0, done.stderr
     result = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert result["variant"] == variant
+    assert result["collation"] == DATABASE_LOCALE  # the postgres image's, as the bench's own cluster
     assert result["backend_us_per_event"] > 0
     assert result["wall_us_per_event"] >= result["backend_us_per_event"] / 2
