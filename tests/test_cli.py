@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import redis
 
+from flagmeter.events import Event
+from flagmeter.stream import encode
 from stacklib import Process, Stack, wait_until
 
 
@@ -105,6 +107,19 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
         time.sleep(1)
         assert stack.usage(tenant, url)["used"] == 9
         assert client.xlen(f"{stream}:dead") == 0
+        # A replay takes what is dead-lettered when it starts, once: an unreadable entry that the
+        # worker dead-letters again meanwhile is not taken round again.
+        client.xadd(f"{stream}:dead", {"e": b"not json", "reason": "malformed"})
+        replay = flagmeter(stack, "dead-letters", "--replay", **env)
+        assert replay.stdout.strip() == f"replayed 1 dead letters onto {stream}"
+        wait_until(lambda: client.xlen(f"{stream}:dead") == 1, 20, "the entry to be dead-lettered again")
+        # --readable: only those dead-lettered as malformed that this version reads (an upgrade's)
+        readable = encode([Event(tenant, "e2", "chat", 4, now, now)])
+        client.xadd(f"{stream}:dead", {"e": readable, "reason": "malformed"})
+        replay = flagmeter(stack, "dead-letters", "--replay", "--readable", **env)
+        assert replay.stdout.strip() == f"replayed 1 readable malformed dead letters onto {stream}"
+        stack.wait_used(tenant, 13, base=url)
+        assert flagmeter(stack, "dead-letters", **env).stdout.strip() == "malformed\t1"
     finally:
         worker.stop()
         api.stop()

@@ -43,6 +43,21 @@ class RateLimited(Exception):
         self.retry_after_ms = retry_after_ms
 
 
+# One entry onto the stream with its tally (field `t`, when it has one) added to the pending figures.
+APPEND_ENTRY_LUA = (
+    TALLY_LUA
+    + """
+local function append_entry(stream, pending, payload, tally)
+  if tally == '' then
+    redis.call('XADD', stream, '*', 'e', payload)
+  else
+    redis.call('XADD', stream, '*', 'e', payload, 't', tally)
+    add_tally(pending, tally, 1)
+  end
+end
+"""
+)
+
 # The appends of the requests that waited for the previous call (see Appender.append), in one atomic call.
 # A request's accepted events travel as ONE stream entry (stream.encode's columns): one XADD, one
 # decode and one ack per request, however many events it holds. The same call adds the entry's tally
@@ -53,7 +68,7 @@ class RateLimited(Exception):
 # The reply holds, per request, 1 + reservations settled when appended, or -(milliseconds to wait) when
 # over its tenant's limit.
 APPEND_LUA = (
-    TALLY_LUA
+    APPEND_ENTRY_LUA
     + """
 local rate_now, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local results = {}
@@ -77,12 +92,7 @@ while i <= #ARGV do
     end
   end
   if result > 0 then
-    if ARGV[i + 3] == '' then
-      redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
-    else
-      redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2], 't', ARGV[i + 3])
-      add_tally(KEYS[2], ARGV[i + 3], 1)
-    end
+    append_entry(KEYS[1], KEYS[2], ARGV[i + 2], ARGV[i + 3])
     for s = 0, settles - 1 do
       local holds, expiry = KEYS[tonumber(ARGV[i + 5 + 3 * s])], KEYS[tonumber(ARGV[i + 6 + 3 * s])]
       local id = ARGV[i + 7 + 3 * s]
@@ -129,11 +139,6 @@ class Appender:
     async def close(self) -> None:
         if self._append_connection is not None:
             await self._append_connection.disconnect()
-
-    async def queue_on(self, pipe: Any, payload: bytes, tally: bytes) -> None:
-        """One append queued on the caller's `pipe` (a transaction): not rate-limited, settling nothing."""
-        args: list[Any] = [0, self.clock.now_ms(), 0, 0, payload, tally, 0]
-        await self._script(keys=[self.stream, self.quota_keys.pending], args=args, client=pipe)
 
     async def append(
         self,

@@ -195,17 +195,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from .stream import Stream
+    from .stream import PUT_BACK_PAGE, Stream
 
     settings = _settings(argparse.Namespace(dev=True), _environment())
 
     async def act() -> int:
         stream = Stream.from_settings(settings)
         try:
-            if args.replay:
-                moved = 0
+            if args.replay and args.readable:
+                moved = await stream.replay_readable(newest=args.limit)
+                print(f"replayed {moved} readable malformed dead letters onto {settings.stream}")
+            elif args.replay:
+                # Only what is there now: an entry dead-lettered again meanwhile is not taken round again.
+                through, moved = await stream.last_dead_letter(), 0
                 while moved < args.limit and (
-                    n := await stream.replay_dead_letters(min(1000, args.limit - moved))
+                    n := await stream.replay_dead_letters(min(PUT_BACK_PAGE, args.limit - moved), through)
                 ):
                     moved += n
                 print(f"replayed {moved} dead letters onto {settings.stream}")
@@ -271,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", help="count dead-lettered entries by reason, or replay them")
     dead.add_argument("--replay", action="store_true", help="move them back onto the stream (safe: dedup)")
+    dead.add_argument(
+        "--readable",
+        action="store_true",
+        help="with --replay: only those dead-lettered as malformed that this version reads (an upgrade's)",
+    )
     dead.add_argument("--limit", type=int, default=1_000_000)
     dead.set_defaults(func=cmd_dead_letters)
 

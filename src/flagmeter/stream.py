@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .appender import Appender, RateLimited, RedisUnavailable, on_redis
+from .appender import APPEND_ENTRY_LUA, MAX_APPEND_BYTES, Appender, RateLimited, RedisUnavailable, on_redis
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Event
@@ -170,10 +170,27 @@ def _from_rows(rows: list[Any]) -> tuple[Event, ...]:
     return tuple(events)
 
 
+# Dead letters back onto the stream: each one claimed by deleting it, and appended (with its tally) only
+# if this call's XDEL removed it, so two workers or commands putting back at once never both append one.
+# KEYS: stream, pending, dead-letter stream. ARGV: (dead letter id, payload, tally) triples.
+PUT_BACK_LUA = (
+    APPEND_ENTRY_LUA
+    + """
+local moved = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('XDEL', KEYS[3], ARGV[i]) == 1 then
+    append_entry(KEYS[1], KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+)
 # How many of the newest dead letters a starting worker looks through for entries it can read now
 # (Stream.replay_readable): those of a rolling upgrade are the newest; `flagmeter dead-letters --replay`
 # puts back any number.
 READABLE_SCAN = 10_000
+PUT_BACK_PAGE = 100  # dead letters read at a time: entries of up to ~40 KB each
 
 
 def consumer_name() -> str:
@@ -192,6 +209,7 @@ class Stream:
         self.quota_keys = QuotaKeys.beside(stream)
         self._appender = Appender(client, stream, self.quota_keys, clock)
         self._ack = client.register_script(ACK_LUA)
+        self._put_back_script = client.register_script(PUT_BACK_LUA)
 
     @classmethod
     def from_url(
@@ -342,41 +360,49 @@ class Stream:
                 reasons[reason] = reasons.get(reason, 0) + 1
             last = batch[-1][0]
 
-    async def replay_dead_letters(self, count: int) -> int:
-        """Move up to `count` dead letters back onto the stream; dedup makes a replay safe."""
-        entries = await self.client.xrange(self.dead_letter, count=count)
-        await self._put_back(entries)
-        return len(entries)
+    async def replay_dead_letters(self, count: int, through: str = "+") -> int:
+        """Put back up to `count` of the oldest dead letters, up to the id `through` (inclusive): how
+        many this call moved. Dedup makes a replay safe."""
+        entries = await self.client.xrange(self.dead_letter, max=through, count=count)
+        return await self._put_back(entries)
+
+    async def last_dead_letter(self) -> str:
+        """The newest dead letter's id ("0-0" if none): where a replay of what is there now stops."""
+        newest = await self.client.xrevrange(self.dead_letter, count=1)
+        return str(newest[0][0].decode()) if newest else "0-0"
 
     async def replay_readable(self, newest: int = READABLE_SCAN) -> int:
         """Put back on the stream those of the `newest` dead letters that were dead-lettered as malformed
         and that this code reads: an older worker's, which could not read a newer API's entries during a
         rolling upgrade. The API accepted them (202), so they are due to be counted; the dedup ledger
-        counts each once, even if two workers starting at once both put one back."""
-        readable: list[tuple[bytes, dict[bytes, bytes]]] = []
-        scanned, before = 0, "+"
+        counts each once. A page at a time, newest first (counting does not mind the order)."""
+        moved, scanned, before = 0, 0, "+"
         while scanned < newest:
-            count = min(1000, newest - scanned)
+            count = min(PUT_BACK_PAGE, newest - scanned)
             page = await self.client.xrevrange(self.dead_letter, max=before, count=count)
             if not page:
                 break
             scanned += len(page)
             before = "(" + page[-1][0].decode()  # exclusive: older than the page's oldest
             malformed = [(i, f) for i, f in page if f.get(b"reason") == b"malformed"]
-            readable += [(i, f) for i, f in malformed if decode(i, f).events is not None]
-        await self._put_back(readable[::-1])  # back in the order they came
-        return len(readable)
+            moved += await self._put_back([(i, f) for i, f in malformed[::-1] if decode(i, f).events])
+        return moved
 
-    async def _put_back(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        if not entries:
-            return
-        async with self.client.pipeline(transaction=True) as pipe:
-            for entry_id, fields in entries:
-                # Back on the stream with its tally, through the append script: pending again.
-                events = decode(entry_id, fields).events or ()
-                await self._appender.queue_on(pipe, fields[b"e"], tally(events))
-            pipe.xdel(self.dead_letter, *[entry_id for entry_id, _ in entries])
-            await pipe.execute()
+    async def _put_back(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Dead letters back onto the stream with their tallies, pending again: in script calls of at most
+        MAX_APPEND_BYTES of entries (Redis runs each atomically: keep it short)."""
+        moved, args, size = 0, [], 0
+        keys = [self.name, self.quota_keys.pending, self.dead_letter]
+        for entry_id, fields in entries:
+            payload = fields[b"e"]
+            args += [entry_id, payload, tally(decode(entry_id, fields).events or ())]
+            size += len(payload)
+            if size >= MAX_APPEND_BYTES:
+                moved += int(await self._put_back_script(keys=keys, args=args))
+                args, size = [], 0
+        if args:
+            moved += int(await self._put_back_script(keys=keys, args=args))
+        return moved
 
     async def backlog(self) -> Backlog:
         async with self.client.pipeline(transaction=False) as pipe:

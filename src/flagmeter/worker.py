@@ -20,7 +20,7 @@ from .delivery import Courier
 from .events import MAX_BATCH
 from .ledger import LedgerInsert
 from .store import BatchResult, Store, StoreUnavailable
-from .stream import TRANSIENT_REDIS_ERRORS, Entry, Stream, consumer_name, encode
+from .stream import TRANSIENT_REDIS_ERRORS, Entry, RedisUnavailable, Stream, consumer_name, encode, on_redis
 from .usage_versions import UsageVersions
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,20 @@ class Worker:
 
     async def start(self) -> None:
         await self.stream.ensure_group()
-        if readable := await self.stream.replay_readable():
+        try:
+            readable = await on_redis(self.stream.replay_readable())
+        except RedisUnavailable as error:  # Redis full, say: they stay dead letters meanwhile
             log.warning(
-                "dead letters an older worker could not read put back on the stream",
-                extra={"count": readable, "reason": "malformed"},
+                "could not put back the dead letters an older worker could not read; the next start or"
+                " `flagmeter dead-letters --replay --readable` will",
+                extra={"error": repr(error)},
             )
+        else:
+            if readable:
+                log.warning(
+                    "dead letters an older worker could not read put back on the stream",
+                    extra={"count": readable, "reason": "malformed"},
+                )
         try:
             await self.store.ensure_partitions(self.settings.clock.now())
         except StoreUnavailable as error:
