@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import MemoryCgroup, pid_of_command
+from bench.stack import COLLATION_SQL
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[1:1] = [str(ROOT / "tests"), str(ROOT / "tests" / "deploy")]  # the deploy tests' harness
@@ -69,6 +70,9 @@ class DeployedStack:
 
     def start_api(self, processes: int) -> None:
         raise SystemExit("--compose runs every step with --processes API processes")
+
+    def database_collation(self) -> str:
+        return self.compose.sql(COLLATION_SQL)
 
 
 def _container_pid(stack: ComposeStack, service: str) -> int:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 from bench.calibrate import calibrate, describe  # noqa: E402
-from bench.stack import DATABASE_LOCALE  # noqa: E402
+from bench.stack import COLLATION_SQL, DATABASE_LOCALE  # noqa: E402
 
 from flagmeter.events import Event  # noqa: E402
 from flagmeter.ledger import LedgerInsert  # noqa: E402
@@ -157,7 +157,7 @@ async def _prepare(url: str, statements: list[str]) -> str:
             )
         for statement in statements:
             await cur.execute(statement)
-        await cur.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+        await cur.execute(COLLATION_SQL)
         (collation,) = await cur.fetchone()
     await store.close()
     return str(collation)

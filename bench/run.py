@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         deployed = partial(running_stack, locale=args.locale)
     with deployed(run_dir, args.processes) as stack:
+        database_locale = stack.database_collation()
         probe_tenant = f"bench-probe-{stamp.lower()}"
         probe_key = create_tenant(stack.api_url, stack.admin_token, probe_tenant)
         for step in steps:
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration,
         "machine": machine(),
         "deployment": "compose/docker-compose.yml" if args.compose else "local processes (bench/stack.py)",
-        "database_locale": "the postgres image's" if args.compose else args.locale,
+        "database_locale": database_locale,
         "plan": [asdict(step) for step in steps],
         "floor": floors,
         "skipped": skipped,

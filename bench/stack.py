@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2
 from bench.procs import MemoryCgroup, pid_of_command
 
 from flagmeter import launch
@@ -48,11 +49,21 @@ class Stack(launch.Stack):
     def cgroups(self) -> dict[str, MemoryCgroup]:
         return {}  # the roles share the harness's cgroup: only the compose stack has one per role
 
+    def database_collation(self) -> str:
+        """The database's collation as PostgreSQL reports it (a DATABASE_URL's server has its own)."""
+        with psycopg2.connect(self.database_url) as conn, conn.cursor() as cur:
+            cur.execute(COLLATION_SQL)
+            (collation,) = cur.fetchone() or ("?",)
+        conn.close()
+        return str(collation)
+
 
 # The throwaway cluster's locale: the official postgres image's (it sets LANG=en_US.utf8; so does its
 # stand-in, tests/images/postgres), under which PostgreSQL compares text with glibc's rules for English.
-# Runs before 5 December 2026 used the machine's (C.UTF-8): `bench/run.py --locale C.UTF-8` repeats them.
+# Runs whose JSON has no `database_locale` used the machine's (C.UTF-8): `bench/run.py --locale C.UTF-8`
+# repeats them.
 DATABASE_LOCALE = "en_US.UTF-8"
+COLLATION_SQL = "SELECT datcollate FROM pg_database WHERE datname = current_database()"
 
 
 def _servers(run_dir: Path, locale: str) -> tuple[LocalStack | None, str, str]:

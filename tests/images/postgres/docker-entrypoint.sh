@@ -18,10 +18,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   db=${POSTGRES_DB:-$user}
   pwfile=$(mktemp)
   printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
-  # The locale from LANG (en_US.utf8), as the official image's; POSTGRES_INITDB_ARGS may override it.
-  # shellcheck disable=SC2086
-  initdb -D "$PGDATA" --username="$user" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 \
-    ${POSTGRES_INITDB_ARGS:-} >/dev/null
+  # The locale from LANG (en_US.utf8), as the official image's; POSTGRES_INITDB_ARGS may override it,
+  # evaluated as the official entrypoint does (so quoted arguments keep their spaces).
+  eval 'initdb -D "$PGDATA" --username="$user" --pwfile="$pwfile" --auth-local=trust' \
+    '--auth-host=scram-sha-256 '"${POSTGRES_INITDB_ARGS:-}" >/dev/null
   rm -f "$pwfile"
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
   if [ "$db" != postgres ]; then
