@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -209,6 +211,55 @@ def test_a_starting_worker_counts_once_what_an_older_worker_could_not_read(stack
             # puts back just this one.
             client.xadd(dead, {"e": later, "source_id": "5-0", "reason": "malformed", "deliveries": "1"})
     finally:
+        api.stop()
+
+
+# The last commit before the columnar stream entries (fdf7548): what a rolling upgrade replaces.
+BEFORE_COLUMNS = "dc013a8c9a7015d6086549e39d86f3897aa392dc"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def release_before_columns(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `src/` of the release before the columnar entries, from this repository's history."""
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{BEFORE_COLUMNS}^{{commit}}"])
+    if known.returncode != 0:
+        pytest.skip(f"commit {BEFORE_COLUMNS} is not in this clone (shallow?): cannot run the older worker")
+    root = tmp_path_factory.mktemp("before-columns")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_COLUMNS, "src"], capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return root / "src"
+
+
+@pytest.mark.slow
+def test_an_upgrade_from_a_worker_that_reads_only_rows_loses_and_doubles_nothing(
+    stack: Stack, release_before_columns: Path
+) -> None:
+    # The new API beside the previous release's worker (run from its own source on the new schema),
+    # then that worker replaced by the new one, as a rolling upgrade does.
+    env = _isolated(stack)
+    tenant, key = stack.create_tenant()
+    client = redis.Redis.from_url(stack.redis_url)
+    stream = env["FLAGMETER_STREAM"]
+    api, url = stack.start_api(processes=1, **env)
+    old, _ = stack.start_worker(PYTHONPATH=str(release_before_columns), **env)
+    try:
+        for batch in ([ev(5, "a"), ev(2, "b")], [ev(4, "c")], [ev(5, "a")]):  # the last a client's retry
+            assert stack.request("POST", "/v1/events", batch, token=key, base=url)[0] == 202
+        wait_until(lambda: client.xlen(f"{stream}:dead") == 3, 20, "the old worker to dead-letter them")
+        assert {f[b"reason"] for _, f in client.xrange(f"{stream}:dead")} == {b"malformed"}
+        assert stack.counted_rows(tenant) == 0
+    finally:
+        old.stop()
+    new, _ = stack.start_worker(**env)
+    try:
+        stack.wait_used(tenant, 11, base=url)
+        wait_until(lambda: client.xlen(stream) == 0, 10, "the put-back entries to be acked")
+        assert stack.counted_rows(tenant) == 3
+        assert client.xlen(f"{stream}:dead") == 0
+        assert client.exists(f"{stream}:quota:pending") == 0
+    finally:
+        new.stop()
         api.stop()
 
 
