@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -226,7 +227,9 @@ def release_before_columns(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if known.returncode != 0:
         pytest.skip(f"commit {BEFORE_COLUMNS} is not in this clone (shallow?): cannot run the older worker")
     root = tmp_path_factory.mktemp("before-columns")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_COLUMNS, "src"], capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", BEFORE_COLUMNS, "src"], capture_output=True, check=True
+    )
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     return root / "src"
 
@@ -241,26 +244,74 @@ def test_an_upgrade_from_a_worker_that_reads_only_rows_loses_and_doubles_nothing
     tenant, key = stack.create_tenant()
     client = redis.Redis.from_url(stack.redis_url)
     stream = env["FLAGMETER_STREAM"]
+    client.xgroup_create(stream, "flagmeter-workers", id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    client.xadd(stream, {"e": orjson.dumps([[tenant, "row", "chat", 3, now, now]])})  # an older API's
     api, url = stack.start_api(processes=1, **env)
     old, _ = stack.start_worker(PYTHONPATH=str(release_before_columns), **env)
     try:
+        stack.wait_used(tenant, 3, base=url)  # the old worker counts rows on the new schema
         for batch in ([ev(5, "a"), ev(2, "b")], [ev(4, "c")], [ev(5, "a")]):  # the last a client's retry
             assert stack.request("POST", "/v1/events", batch, token=key, base=url)[0] == 202
         wait_until(lambda: client.xlen(f"{stream}:dead") == 3, 20, "the old worker to dead-letter them")
         assert {f[b"reason"] for _, f in client.xrange(f"{stream}:dead")} == {b"malformed"}
-        assert stack.counted_rows(tenant) == 0
+        assert stack.counted_rows(tenant) == 1
     finally:
         old.stop()
     new, _ = stack.start_worker(**env)
     try:
-        stack.wait_used(tenant, 11, base=url)
+        stack.wait_used(tenant, 14, base=url)
         wait_until(lambda: client.xlen(stream) == 0, 10, "the put-back entries to be acked")
-        assert stack.counted_rows(tenant) == 3
+        assert stack.counted_rows(tenant) == 4
         assert client.xlen(f"{stream}:dead") == 0
         assert client.exists(f"{stream}:quota:pending") == 0
     finally:
         new.stop()
         api.stop()
+
+
+OwnStream = tuple[str, Stream, redis.Redis]
+
+
+@pytest.fixture
+async def own_stream(stack: Stack) -> AsyncIterator[OwnStream]:
+    """A stream of its own (no worker reads it) with its group, and a plain client on the same Redis."""
+    name = f"test:{uuid.uuid4().hex[:8]}"
+    stream = Stream.from_url(stack.redis_url, name, "flagmeter-workers", f"{name}:dead")
+    await stream.ensure_group()
+    yield name, stream, redis.Redis.from_url(stack.redis_url)
+    await stream.close()
+
+
+def _dead_lettered(client: redis.Redis, name: str, payloads: list[bytes]) -> None:
+    """Dead letters of stream `name`, each dead-lettered as malformed, `source_id` its index."""
+    with client.pipeline(transaction=False) as pipe:
+        for n, payload in enumerate(payloads):
+            pipe.xadd(f"{name}:dead", {"e": payload, "source_id": str(n), "reason": "malformed"})
+        pipe.execute()
+
+
+async def test_a_replay_takes_only_the_dead_letters_there_when_it_starts(own_stream: OwnStream) -> None:
+    name, stream, client = own_stream
+    assert await stream.last_dead_letter() == "0-0"
+    _dead_lettered(client, name, [b"not json", b"not json"])
+    through = await stream.last_dead_letter()
+    client.xadd(f"{name}:dead", {"e": b"not json", "source_id": "2", "reason": "malformed"})  # later
+    assert await stream.replay_dead_letters(1, through) == (1, 1)
+    assert await stream.replay_dead_letters(100, through) == (1, 1)
+    assert await stream.replay_dead_letters(100, through) == (0, 0)
+    assert [f[b"source_id"] for _, f in client.xrange(f"{name}:dead")] == [b"2"]
+    assert client.xlen(name) == 2
+
+
+async def test_a_page_larger_than_one_script_call_goes_back_whole(own_stream: OwnStream) -> None:
+    name, stream, client = own_stream
+    # ~30 KB each: four script calls of 512 KiB for one page
+    ids = [[f"{n}-{i}-{'x' * 32}" for i in range(500)] for n in range(60)]
+    _dead_lettered(client, name, [encode([Event("t", i, "chat", 1, 0, 0) for i in row]) for row in ids])
+    assert await stream.replay_readable() == 60
+    assert client.xlen(name) == 60 and client.xlen(f"{name}:dead") == 0
+    assert client.hgetall(f"{name}:quota:pending") == {b"t|1970-01-01": b"30000"}
 
 
 async def test_two_at_once_put_back_each_dead_letter_once(stack: Stack) -> None:
@@ -269,11 +320,7 @@ async def test_two_at_once_put_back_each_dead_letter_once(stack: Stack) -> None:
     client = redis.Redis.from_url(stack.redis_url)
     try:
         await streams[0].ensure_group()
-        with client.pipeline(transaction=False) as pipe:
-            for n in range(1000):
-                payload = encode([Event("t", f"e{n}", "chat", 10, 0, 0)])
-                pipe.xadd(f"{name}:dead", {"e": payload, "source_id": str(n), "reason": "malformed"})
-            pipe.execute()
+        _dead_lettered(client, name, [encode([Event("t", f"e{n}", "chat", 10, 0, 0)]) for n in range(1000)])
         moved = await asyncio.gather(*(stream.replay_readable() for stream in streams))
         assert sum(moved) == client.xlen(name) == 1000
         assert client.xlen(f"{name}:dead") == 0
@@ -283,24 +330,16 @@ async def test_two_at_once_put_back_each_dead_letter_once(stack: Stack) -> None:
             await stream.close()
 
 
-async def test_only_the_newest_dead_letters_are_looked_through_and_put_back(stack: Stack) -> None:
-    name = f"test:{uuid.uuid4().hex[:8]}"
-    stream = Stream.from_url(stack.redis_url, name, "flagmeter-workers", f"{name}:dead")
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        await stream.ensure_group()
-        with client.pipeline(transaction=False) as pipe:
-            for n in range(2500):  # every 100th readable, the rest unreadable still
-                payload = encode([Event("t", f"e{n}", "chat", 1, 0, 0)]) if n % 100 == 0 else b"[1]"
-                pipe.xadd(f"{name}:dead", {"e": payload, "source_id": str(n), "reason": "malformed"})
-            pipe.execute()
-        assert await stream.replay_readable(newest=1200) == 12  # 1300 .. 2400, across pages
-        put_back = sorted(event.id for i, f in client.xrange(name) for event in decode(i, f).events or ())
-        assert put_back == [f"e{n}" for n in range(1300, 2500, 100)]
-        assert client.xlen(f"{name}:dead") == 2500 - 12
-        assert await stream.replay_readable(newest=1200) == 0
-    finally:
-        await stream.close()
+async def test_only_the_newest_dead_letters_are_looked_through_and_put_back(own_stream: OwnStream) -> None:
+    name, stream, client = own_stream
+    # every 100th readable, the rest unreadable still
+    readable = {n: encode([Event("t", f"e{n}", "chat", 1, 0, 0)]) for n in range(0, 2500, 100)}
+    _dead_lettered(client, name, [readable.get(n, b"[1]") for n in range(2500)])
+    assert await stream.replay_readable(newest=1200) == 12  # 1300 .. 2400, across pages
+    put_back = sorted(event.id for i, f in client.xrange(name) for event in decode(i, f).events or ())
+    assert put_back == [f"e{n}" for n in range(1300, 2500, 100)]
+    assert client.xlen(f"{name}:dead") == 2500 - 12
+    assert await stream.replay_readable(newest=1200) == 0
 
 
 def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_that_tenants_events(

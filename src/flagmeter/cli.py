@@ -202,16 +202,17 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     async def act() -> int:
         stream = Stream.from_settings(settings)
         try:
-            if args.replay and args.readable:
+            if args.readable:
                 moved = await stream.replay_readable(newest=args.limit)
                 print(f"replayed {moved} readable malformed dead letters onto {settings.stream}")
             elif args.replay:
                 # Only what is there now: an entry dead-lettered again meanwhile is not taken round again.
-                through, moved = await stream.last_dead_letter(), 0
-                while moved < args.limit and (
-                    n := await stream.replay_dead_letters(min(PUT_BACK_PAGE, args.limit - moved), through)
-                ):
-                    moved += n
+                through, read, moved = await stream.last_dead_letter(), 0, 0
+                while read < args.limit:
+                    n, m = await stream.replay_dead_letters(min(PUT_BACK_PAGE, args.limit - read), through)
+                    if not n:
+                        break
+                    read, moved = read + n, moved + m
                 print(f"replayed {moved} dead letters onto {settings.stream}")
             else:
                 summary = await stream.dead_letter_summary()
@@ -278,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument(
         "--readable",
         action="store_true",
-        help="with --replay: only those dead-lettered as malformed that this version reads (an upgrade's)",
+        help="replay only those dead-lettered as malformed that this version reads (an upgrade's)",
     )
-    dead.add_argument("--limit", type=int, default=1_000_000)
+    dead.add_argument(
+        "--limit", type=int, default=1_000_000, help="dead letters to look through at most (%(default)s)"
+    )
     dead.set_defaults(func=cmd_dead_letters)
 
     dev = sub.add_parser("dev", help="run everything locally (what `make run` does)")

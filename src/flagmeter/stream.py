@@ -190,7 +190,7 @@ return moved
 # (Stream.replay_readable): those of a rolling upgrade are the newest; `flagmeter dead-letters --replay`
 # puts back any number.
 READABLE_SCAN = 10_000
-PUT_BACK_PAGE = 100  # dead letters read at a time: entries of up to ~40 KB each
+PUT_BACK_PAGE = 100  # dead letters read at a time: ~40 KB for a 550-event entry, ~200 KB at most
 
 
 def consumer_name() -> str:
@@ -360,11 +360,12 @@ class Stream:
                 reasons[reason] = reasons.get(reason, 0) + 1
             last = batch[-1][0]
 
-    async def replay_dead_letters(self, count: int, through: str = "+") -> int:
+    async def replay_dead_letters(self, count: int, through: str = "+") -> tuple[int, int]:
         """Put back up to `count` of the oldest dead letters, up to the id `through` (inclusive): how
-        many this call moved. Dedup makes a replay safe."""
+        many this call read, and how many of those it moved (another put-back may have taken some).
+        Dedup makes a replay safe."""
         entries = await self.client.xrange(self.dead_letter, max=through, count=count)
-        return await self._put_back(entries)
+        return len(entries), await self._put_back(entries)
 
     async def last_dead_letter(self) -> str:
         """The newest dead letter's id ("0-0" if none): where a replay of what is there now stops."""
@@ -389,8 +390,9 @@ class Stream:
         return moved
 
     async def _put_back(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> int:
-        """Dead letters back onto the stream with their tallies, pending again: in script calls of at most
-        MAX_APPEND_BYTES of entries (Redis runs each atomically: keep it short)."""
+        """Dead letters back onto the stream with their tallies, pending again: a script call each time
+        MAX_APPEND_BYTES of entries are gathered (Redis runs each atomically: keep it short). Each call
+        deletes before it adds, so Redis runs it even at its maxmemory: moving is about memory-neutral."""
         moved, args, size = 0, [], 0
         keys = [self.name, self.quota_keys.pending, self.dead_letter]
         for entry_id, fields in entries:

@@ -71,7 +71,7 @@ class Worker:
         await self.stream.ensure_group()
         try:
             readable = await on_redis(self.stream.replay_readable())
-        except RedisUnavailable as error:  # Redis full, say: they stay dead letters meanwhile
+        except RedisUnavailable as error:  # unreachable, say: they stay dead letters meanwhile
             log.warning(
                 "could not put back the dead letters an older worker could not read; the next start or"
                 " `flagmeter dead-letters --replay --readable` will",
