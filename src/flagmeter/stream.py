@@ -187,8 +187,8 @@ return moved
 """
 )
 # How many of the newest dead letters a starting worker looks through for entries it can read now
-# (Stream.replay_readable): those of a rolling upgrade are the newest; `flagmeter dead-letters --replay`
-# puts back any number.
+# (Stream.replay_readable): those of a rolling upgrade are the newest; `flagmeter dead-letters --readable`
+# looks through any number.
 READABLE_SCAN = 10_000
 PUT_BACK_PAGE = 100  # dead letters read at a time: ~40 KB for a 550-event entry, ~200 KB at most
 
@@ -365,12 +365,12 @@ class Stream:
         many this call read, and how many of those it moved (another put-back may have taken some).
         Dedup makes a replay safe."""
         entries = await self.client.xrange(self.dead_letter, max=through, count=count)
-        return len(entries), await self._put_back(entries)
+        return len(entries), await self._put_back([decode(i, f) for i, f in entries])
 
     async def last_dead_letter(self) -> str:
         """The newest dead letter's id ("0-0" if none): where a replay of what is there now stops."""
         newest = await self.client.xrevrange(self.dead_letter, count=1)
-        return str(newest[0][0].decode()) if newest else "0-0"
+        return newest[0][0].decode() if newest else "0-0"
 
     async def replay_readable(self, newest: int = READABLE_SCAN) -> int:
         """Put back on the stream those of the `newest` dead letters that were dead-lettered as malformed
@@ -385,20 +385,20 @@ class Stream:
                 break
             scanned += len(page)
             before = "(" + page[-1][0].decode()  # exclusive: older than the page's oldest
-            malformed = [(i, f) for i, f in page if f.get(b"reason") == b"malformed"]
-            moved += await self._put_back([(i, f) for i, f in malformed[::-1] if decode(i, f).events])
+            malformed = [decode(i, f) for i, f in page[::-1] if f.get(b"reason") == b"malformed"]
+            moved += await self._put_back([entry for entry in malformed if entry.events])
         return moved
 
-    async def _put_back(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    async def _put_back(self, entries: Sequence[Entry]) -> int:
         """Dead letters back onto the stream with their tallies, pending again: a script call each time
         MAX_APPEND_BYTES of entries are gathered (Redis runs each atomically: keep it short). Each call
         deletes before it adds, so Redis runs it even at its maxmemory: moving is about memory-neutral."""
-        moved, args, size = 0, [], 0
+        moved, size = 0, 0
+        args: list[str | bytes] = []
         keys = [self.name, self.quota_keys.pending, self.dead_letter]
-        for entry_id, fields in entries:
-            payload = fields[b"e"]
-            args += [entry_id, payload, tally(decode(entry_id, fields).events or ())]
-            size += len(payload)
+        for entry in entries:  # decoded dead letters: `id` the dead letter's, to delete
+            args += [entry.id, entry.payload, tally(entry.events or ())]
+            size += len(entry.payload)
             if size >= MAX_APPEND_BYTES:
                 moved += int(await self._put_back_script(keys=keys, args=args))
                 args, size = [], 0

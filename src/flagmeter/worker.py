@@ -74,7 +74,7 @@ class Worker:
         except RedisUnavailable as error:  # unreachable, say: they stay dead letters meanwhile
             log.warning(
                 "could not put back the dead letters an older worker could not read; the next start or"
-                " `flagmeter dead-letters --replay --readable` will",
+                " `flagmeter dead-letters --readable` will",
                 extra={"error": repr(error)},
             )
         else:
