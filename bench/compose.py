@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import MemoryCgroup, pid_of_command
-from bench.stack import COLLATION_SQL
+from bench.stack import COLLATION_SQL, warm_wal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[1:1] = [str(ROOT / "tests"), str(ROOT / "tests" / "deploy")]  # the deploy tests' harness
@@ -73,6 +73,9 @@ class DeployedStack:
 
     def database_collation(self) -> str:
         return self.compose.sql(COLLATION_SQL)
+
+    def warm_wal(self) -> int:
+        return warm_wal(self.compose.sql)  # psql in the postgres container
 
 
 def _container_pid(stack: ComposeStack, service: str) -> int:

@@ -40,7 +40,7 @@ from bench import generator, pyspy  # noqa: E402
 from bench.calibrate import calibrate, describe  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
-from bench.stack import DATABASE_LOCALE, running_stack  # noqa: E402
+from bench.stack import DATABASE_LOCALE, production_postgres_settings, running_stack  # noqa: E402
 from loadtest.run import run_script  # noqa: E402
 
 from flagmeter.localstack import free_port, wait_port  # noqa: E402
@@ -387,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DATABASE_LOCALE,
         help="the local cluster's locale (default: %(default)s, the postgres image's; not with --compose)",
     )
+    parser.add_argument(
+        "--cold-wal",
+        action="store_true",
+        help="leave the new cluster's WAL as it is (every segment written full of zeros in the steps)",
+    )
     parser.add_argument("--output", type=Path, help="result JSON (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
 
@@ -423,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         deployed = partial(running_stack, locale=args.locale)
     with deployed(run_dir, args.processes) as stack:
         database_locale = stack.database_collation()
+        wal_segments = None if args.cold_wal else stack.warm_wal()
+        if wal_segments is not None:
+            print(f"[bench] WAL: {wal_segments} segments ready for reuse", file=sys.stderr)
         probe_tenant = f"bench-probe-{stamp.lower()}"
         probe_key = create_tenant(stack.api_url, stack.admin_token, probe_tenant)
         for step in steps:
@@ -457,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "deployment": "compose/docker-compose.yml" if args.compose else "local processes (bench/stack.py)",
         "database_locale": database_locale,
+        "database_settings": production_postgres_settings(),
+        # segments in pg_wal before the first step (stack.WARM_WAL_SQL); null: --cold-wal
+        "wal_segments_ready": wal_segments,
         "plan": [asdict(step) for step in steps],
         "floor": floors,
         "skipped": skipped,

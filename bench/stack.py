@@ -10,11 +10,13 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psycopg2
+import yaml
 from bench.procs import MemoryCgroup, pid_of_command
 
 from flagmeter import launch
@@ -51,11 +53,10 @@ class Stack(launch.Stack):
 
     def database_collation(self) -> str:
         """The database's collation as PostgreSQL reports it (a DATABASE_URL's server has its own)."""
-        with psycopg2.connect(self.database_url) as conn, conn.cursor() as cur:
-            cur.execute(COLLATION_SQL)
-            (collation,) = cur.fetchone() or ("?",)
-        conn.close()
-        return str(collation)
+        return sql_value(self.database_url, COLLATION_SQL)
+
+    def warm_wal(self) -> int:
+        return warm_wal(partial(sql_value, self.database_url))
 
 
 # The throwaway cluster's locale: the official postgres image's (it sets LANG=en_US.utf8; so does its
@@ -65,13 +66,66 @@ class Stack(launch.Stack):
 DATABASE_LOCALE = "en_US.UTF-8"
 COLLATION_SQL = "SELECT datcollate FROM pg_database WHERE datname = current_database()"
 
+# The production stack's PostgreSQL settings, which the throwaway cluster runs too.
+PRODUCTION_COMPOSE = Path(__file__).resolve().parents[1] / "compose" / "docker-compose.yml"
+
+
+def production_postgres_settings() -> list[str]:
+    """The `-c name=value` arguments of the postgres service in compose/docker-compose.yml."""
+    services = yaml.safe_load(PRODUCTION_COMPOSE.read_text())["services"]
+    program, *arguments = services["postgres"]["command"]
+    flags, settings = arguments[0::2], arguments[1::2]
+    if program != "postgres" or set(flags) != {"-c"} or len(flags) != len(settings):
+        raise ValueError(f"{PRODUCTION_COMPOSE}: postgres's command is not `postgres -c name=value ...`")
+    return [str(setting) for setting in settings]
+
+
+# A server that has been running holds up to max_wal_size of old WAL segments, which each checkpoint
+# renames for reuse; a fresh cluster writes every new 16 MB segment full of zeros first, in the backend
+# that needs it (~34 MB of WAL a second under batches). Before the steps (unless --cold-wal) the bench
+# switches through as many segments as max_wal_size holds, one small commit each, and a checkpoint then
+# keeps them all for reuse (its estimate of the next cycle's WAL is that distance).
+WARM_WAL_SQL = """
+DO $$
+BEGIN
+    FOR i IN 1 .. pg_size_bytes(current_setting('max_wal_size'))
+                / pg_size_bytes(current_setting('wal_segment_size')) LOOP
+        PERFORM txid_current();
+        COMMIT;
+        PERFORM pg_switch_wal();
+    END LOOP;
+END $$
+"""
+WAL_SEGMENTS_SQL = "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"
+
+
+def warm_wal(sql: Callable[[str], str]) -> int:
+    """Ready the WAL segments a running server would have (WARM_WAL_SQL), through `sql` (one statement
+    in a transaction of its own, as a superuser); how many segments pg_wal then holds."""
+    sql(WARM_WAL_SQL)
+    sql("CHECKPOINT")
+    return int(sql(WAL_SEGMENTS_SQL))
+
+
+def sql_value(database_url: str, query: str) -> str:
+    """One statement in a transaction of its own; the first column of its first row as text ("" if none)."""
+    conn = psycopg2.connect(database_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(query)
+            row = cur.fetchone() if cur.description else None
+    finally:
+        conn.close()
+    return "" if row is None else str(row[0])
+
 
 def _servers(run_dir: Path, locale: str) -> tuple[LocalStack | None, str, str]:
     """The servers in the environment's URLs, or fresh local ones under `run_dir`."""
     database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if database_url and redis_url:
         return None, database_url, redis_url
-    servers = LocalStack(run_dir / "data", locale=locale)
+    servers = LocalStack(run_dir / "data", locale=locale, settings=production_postgres_settings())
     servers.start()
     return servers, servers.database_url, servers.redis_url
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 INSTALL_HINT = "sudo apt-get install -y postgresql redis-server"
@@ -48,6 +49,14 @@ def _redis_server() -> str:
     raise MissingBinary(f"redis-server not found; install it: {INSTALL_HINT}")
 
 
+def _setting(setting: str) -> tuple[str, str]:
+    """`name=value` as (name, value), refusing what postgresql.conf could not hold as a quoted value."""
+    name, sep, value = setting.partition("=")
+    if not sep or not name.isidentifier() or "'" in value or "\n" in value:
+        raise ValueError(f"not a name=value server setting: {setting!r}")
+    return name, value
+
+
 def wait_port(port: int, timeout: float, what: str) -> None:
     """Until something accepts connections on 127.0.0.1:`port`."""
     deadline = time.monotonic() + timeout
@@ -62,11 +71,18 @@ def wait_port(port: int, timeout: float, what: str) -> None:
 
 class LocalStack:
     def __init__(
-        self, root: Path, pg_port: int | None = None, redis_port: int | None = None, locale: str = ""
+        self,
+        root: Path,
+        pg_port: int | None = None,
+        redis_port: int | None = None,
+        locale: str = "",
+        settings: Sequence[str] = (),
     ) -> None:
-        """`locale`: the cluster's (initdb --locale), when not the environment's."""
+        """`locale`: the cluster's (initdb --locale), when not the environment's; `settings`: `name=value`
+        server settings over this module's (written to postgresql.conf when the cluster is made)."""
         self.root = root.resolve()
         self.locale = locale
+        self.settings = tuple(settings)
         self.pg_port = pg_port or free_port()
         self.redis_port = redis_port or free_port()
         self.pg_data = self.root / "postgres"
@@ -120,6 +136,7 @@ class LocalStack:
                     "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
                     "max_connections = 200\nshared_buffers = 128MB\nfsync = on\n"
                     "synchronous_commit = on\nlog_min_messages = warning\n"
+                    + "".join(f"{name} = '{value}'\n" for name, value in map(_setting, self.settings))
                 )
         if self._pg("pg_ctl", "-D", str(self.pg_data), "status", check=False).returncode != 0:
             started = self._pg(

@@ -1,5 +1,5 @@
-"""One value for what several deploy files need: PostgreSQL's host directory, the image tags, the API port
-and the Coolify compose location. The roles' defaults are the source; every other file that names the value
+"""One value for what several deploy files need: PostgreSQL's host directory and server settings, the image
+tags, the API port and the Coolify compose location. The roles' defaults are the source; every other file that names the value
 is read here and must agree with it, so a path changed in one place and not another fails this test."""
 
 from __future__ import annotations
@@ -118,3 +118,10 @@ def test_coolify_compose_location_is_the_same_for_the_script_and_the_role() -> N
     assert script == role
     assert (REPO / script.lstrip("/")).is_file()
     assert Path(script).name in (REPO / "coolify/README.md").read_text()
+
+
+def test_postgres_runs_the_same_settings_in_both_stacks() -> None:
+    """Coolify's PostgreSQL (the default deploy) and the compose stack's: one set of server settings."""
+    compose = yaml.safe_load((REPO / "compose/docker-compose.yml").read_text())["services"]["postgres"]
+    assert coolify_service("postgres")["command"] == compose["command"]
+    assert "max_wal_size=2GB" in compose["command"]  # the list is read, not empty

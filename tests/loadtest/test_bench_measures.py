@@ -1,4 +1,5 @@
-"""The benchmark harness's own measuring: percentiles, process-tree CPU and memory, py-spy hotspots.
+"""The benchmark harness's own measuring: percentiles, process-tree CPU and memory, py-spy hotspots, the
+throwaway cluster's settings and its WAL.
 
 bench/run.py's numbers are only as good as these pieces, so they are checked against real processes and
 known inputs (the harness itself is run by `make bench`, never by the test suite: it takes minutes).
@@ -7,11 +8,15 @@ known inputs (the harness itself is run by `make bench`, never by the test suite
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,9 +28,9 @@ from bench.lag import percentile  # noqa: E402
 from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
 from bench.run import FLOOR_MODES  # noqa: E402
-from bench.stack import DATABASE_LOCALE  # noqa: E402
+from bench.stack import DATABASE_LOCALE, production_postgres_settings, sql_value, warm_wal  # noqa: E402
 
-from flagmeter.localstack import free_port  # noqa: E402
+from flagmeter.localstack import LocalStack, free_port  # noqa: E402
 from stacklib import wait_until  # noqa: E402
 
 BURN_CPU = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -180,3 +185,28 @@ def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None) 
     assert result["collation"] == DATABASE_LOCALE  # the postgres image's, as the bench's own cluster
     assert result["backend_us_per_event"] > 0
     assert result["wall_us_per_event"] >= result["backend_us_per_event"] / 2
+
+
+def test_the_benchs_cluster_runs_production_s_settings_with_its_wal_ready_for_reuse() -> None:
+    """The throwaway cluster takes compose/docker-compose.yml's PostgreSQL settings (a later line of
+    postgresql.conf wins: max_wal_size is made small here so the test writes 128 MB of WAL, not 2 GB), and
+    warm_wal leaves max_wal_size of segments in pg_wal, as a server that has been running holds them."""
+    settings = production_postgres_settings()
+    assert {"max_wal_size=2GB", "min_wal_size=1GB", "shared_buffers=96MB"} <= set(settings)
+    # as tests/conftest.py's cluster: a directory the postgres user can reach when the tests run as root
+    root = Path(tempfile.mkdtemp(prefix="flagmeter-bench-wal-", dir=os.environ.get("FLAGMETER_TEST_DIR")))
+    root.chmod(0o755)
+    servers = LocalStack(root, settings=[*settings, "max_wal_size=128MB", "min_wal_size=64MB"])
+    servers.start_postgres()
+    try:
+        sql = partial(sql_value, servers.database_url)
+        for setting in settings:
+            name = setting.split("=", 1)[0]
+            source = sql(f"SELECT source FROM pg_settings WHERE name = '{name}'")
+            assert source == "configuration file", setting
+        assert sql("SHOW shared_buffers") == "96MB"
+        fresh = int(sql("SELECT count(*) FROM pg_ls_waldir()"))
+        assert warm_wal(sql) >= 128 // 16 > fresh
+    finally:
+        servers.stop_postgres()
+        shutil.rmtree(root, ignore_errors=True)
