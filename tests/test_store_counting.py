@@ -50,42 +50,46 @@ def _events(count: int) -> list[Event]:
             uuid.uuid4().hex,
             random.choice(["chat", "embed"]),
             random.randint(1, 1000),
-            now - random.randint(0, 3 * 3600 * 1000),  # a few hours: several minutes and hours
+            # a few hours on one of 40 days: several minutes of one day, days, billing periods, months
+            now - random.randint(0, 3 * 3600 * 1000) - random.randint(0, 40) * 86_400_000,
             now,
         )
         for _ in range(count)
     ]
 
 
-def _expected(
-    events: Iterable[Event],
-) -> tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]]]:
-    """Rollups and period totals recomputed in Python from the first event of each id."""
+Sums = tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]], Counter[tuple[str, str]]]
+
+
+def _expected(events: Iterable[Event]) -> Sums:
+    """Rollups, period totals and daily totals recomputed in Python from the first event of each id."""
     first: dict[tuple[str, str], Event] = {}
     for event in events:
         first.setdefault((event.tenant, event.id), event)
     rollups: Counter[tuple[str, str, datetime]] = Counter()
     totals: Counter[tuple[str, datetime, str]] = Counter()
+    daily: Counter[tuple[str, str]] = Counter()
     for event in first.values():
         moment = datetime.fromtimestamp(event.occurred_ms / 1000, UTC)
         rollups[(event.tenant, event.feature, moment.replace(second=0, microsecond=0))] += event.tokens
         start = period_containing(moment, TENANTS[event.tenant]).start
         totals[(event.tenant, start, event.feature)] += event.tokens
-    return rollups, totals
+        daily[(event.tenant, moment.date().isoformat())] += event.tokens
+    return rollups, totals, daily
 
 
-def _stored(
-    url: str,
-) -> tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]], int, int]:
+def _stored(url: str) -> tuple[*Sums, int, int]:
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT tenant_id, feature, minute, tokens FROM rollups")
         rollups = Counter({(t, f, m.astimezone(UTC)): n for t, f, m, n in cur.fetchall()})
         cur.execute("SELECT tenant_id, period_start, feature, tokens FROM period_totals")
         totals = Counter({(t, p.astimezone(UTC), f): n for t, p, f, n in cur.fetchall()})
+        cur.execute("SELECT tenant_id, day::text, tokens FROM daily_totals")
+        daily = Counter({(t, d): n for t, d, n in cur.fetchall()})
         cur.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_ids)")
         events, ledger = cur.fetchone()
     conn.close()
-    return rollups, totals, events, ledger
+    return rollups, totals, daily, events, ledger
 
 
 @pytest.mark.parametrize("options", ["", LANGUAGE_ORDER], ids=["server-default", "language-order"])
@@ -112,15 +116,15 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(
         finally:
             await store.close()
         seen: list[Event] = [event for batch in batches for event in batch]
-        assert _stored(url)[:2] == _expected(seen)
+        assert _stored(url)[:3] == _expected(seen)
         # The plain insert is tried while the last batch held no known id; it fails on batches 2 and 4.
         assert [r.recounted for r in results] == [False, True, False, True, False]
         return [(r.counted, r.duplicates) for r in results]
 
     assert asyncio.run(run()) == [(300, 0), (100, 101), (200, 0), (0, 200), (50, 1)]
-    rollups, totals, events, ledger = _stored(url)
+    rollups, totals, daily, events, ledger = _stored(url)
     assert events == ledger == 650
-    assert sum(rollups.values()) == sum(totals.values())
+    assert sum(rollups.values()) == sum(totals.values()) == sum(daily.values())
 
 
 def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers: LocalStack) -> None:
@@ -146,11 +150,11 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
         finally:
             for store in stores:
                 await store.close()
-        assert _stored(url)[:2] == _expected(everything)
+        assert _stored(url)[:3] == _expected(everything)
         return counted
 
     assert asyncio.run(run()) == 5 * (400 + 3 * 100)
-    assert _stored(url)[2:] == (3500, 3500)
+    assert _stored(url)[3:] == (3500, 3500)
 
 
 def test_the_counting_keys_compare_as_bytes_on_a_database_of_a_language_order(servers: LocalStack) -> None:

@@ -52,16 +52,16 @@ class CountingStore(Database):
         recounted = False
         if ledger.plain_first:
             try:
-                return await self._write_batch(events, WRITE_NEW_BATCH_SQL, slack_fallback, now)
+                return await self._write_batch(events, True, slack_fallback, now)
             except psycopg2.errors.UniqueViolation:
                 ledger.met_known_id()  # rolled back: nothing of it was counted
                 recounted = True
-        result = await self._write_batch(events, WRITE_BATCH_SQL, slack_fallback, now)
+        result = await self._write_batch(events, False, slack_fallback, now)
         ledger.counted(result.known_ids)
         return replace(result, recounted=recounted)
 
     async def _write_batch(
-        self, events: Sequence[Event], sql: str, slack_fallback: bool, now: datetime
+        self, events: Sequence[Event], all_new: bool, slack_fallback: bool, now: datetime
     ) -> BatchResult:
         tenant_ids = sorted({event.tenant for event in events})
         async with self._cursor(transaction=True) as cur:
@@ -83,20 +83,25 @@ class CountingStore(Database):
             batch = [ids[i] for _, ids in sorted(by_tenant.items()) for i in sorted(ids)]
             # Event's fields, column by column
             tenants, event_ids, features, tokens, occurred, received = zip(*batch, strict=True)
-            period_ms, days = _periods_and_days(tenants, occurred, billing_days)
-            await cur.execute(
-                sql,
-                (
-                    text_array(tenants),
-                    text_array(event_ids),
-                    text_array(features),
-                    int_array(tokens),
-                    int_array(occurred),
-                    int_array(received),
-                    int_array(period_ms),
-                ),
+            columns = (
+                text_array(tenants),
+                text_array(event_ids),
+                text_array(features),
+                int_array(tokens),
+                int_array(occurred),
+                int_array(received),
             )
-            rows = await cur.fetchall()
+            if all_new:
+                # What the batch adds to each total is summed here: the statement fails whole unless
+                # every event is new, so these sums are what it counts.
+                sums = Sums.of(tenants, features, tokens, occurred, billing_days)
+                await cur.execute(WRITE_NEW_BATCH_SQL, (*columns, *sums.parameters()))
+                await cur.fetchall()
+                rows, days = sums.by_tenant(), sums.days()
+            else:
+                period_ms, days = _periods_and_days(tenants, occurred, billing_days)
+                await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms)))
+                rows = await cur.fetchall()
             # Read in a statement of its own: its snapshot holds any batch this one waited for on the
             # ledger, so the totals include every event of these entries, counted here or before.
             await cur.execute(
@@ -182,14 +187,95 @@ def _periods_and_days(
     return starts, [(t, day_of(d * DAY_MS)) for t, d in sorted(days)]
 
 
-# Counting one batch in one statement. Its text columns compare as bytes, as the keys they meet do
-# (migrations 0007, 0008): no strcoll() per comparison under any cluster locale. Times travel as epoch
-# milliseconds and become timestamps per row only where a row is stored; rollups and totals group on
-# integers, converting per group.
-# Both forms define `counted` from what the ledger took, so the ledger insert runs first; the other
-# inserts follow when the statement ends (totals, rollups, events). Every worker thus takes ledger
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """A batch of new events summed as the totals take them: (tenant, feature, minute) → [tokens,
+    events] from one pass over the events, and the daily and period totals from those few groups."""
+
+    minutes: dict[tuple[str, str, int], list[int]]  # minute: epoch ms // 60,000
+    billing_days: dict[str, int]
+
+    @classmethod
+    def of(
+        cls,
+        tenants: Sequence[str],
+        features: Sequence[str],
+        tokens: Sequence[int],
+        occurred_ms: Sequence[int],
+        billing_days: dict[str, int],
+    ) -> Sums:
+        minutes: dict[tuple[str, str, int], list[int]] = {}
+        keys = zip(tenants, features, [ms // 60_000 for ms in occurred_ms], strict=True)
+        for key, count in zip(keys, tokens, strict=True):
+            group = minutes.get(key)
+            if group is None:
+                minutes[key] = [count, 1]
+            else:
+                group[0] += count
+                group[1] += 1
+        return cls(dict(sorted(minutes.items())), billing_days)
+
+    def parameters(self) -> tuple[str, ...]:
+        """WRITE_NEW_BATCH_SQL's group arrays: rollups, then daily totals, then period totals, each
+        in its key's order (the order the rows are locked in)."""
+        days: dict[tuple[str, int], int] = {}
+        periods: dict[tuple[str, int, str], list[int]] = {}
+        starts: dict[tuple[int, int], int] = {}  # (billing day, UTC day) → period start, epoch ms
+        for (tenant, feature, minute), (count, events) in self.minutes.items():
+            day = minute * 60_000 // DAY_MS
+            days[tenant, day] = days.get((tenant, day), 0) + count
+            key = (self.billing_days[tenant], day)
+            start = starts.get(key)
+            if start is None:
+                moment = ms_to_datetime(day * DAY_MS)
+                start = starts[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
+            total = periods.setdefault((tenant, start, feature), [0, 0])
+            total[0] += count
+            total[1] += events
+        rollups = list(self.minutes.items())
+        daily = sorted(days.items())
+        period = sorted(periods.items())
+        return (
+            text_array([tenant for (tenant, _, _), _ in rollups]),
+            text_array([feature for (_, feature, _), _ in rollups]),
+            int_array([minute for (_, _, minute), _ in rollups]),
+            int_array([count for _, (count, _) in rollups]),
+            int_array([events for _, (_, events) in rollups]),
+            text_array([tenant for (tenant, _), _ in daily]),
+            int_array([day for (_, day), _ in daily]),
+            int_array([count for _, count in daily]),
+            text_array([tenant for (tenant, _, _), _ in period]),
+            int_array([start for (_, start, _), _ in period]),
+            text_array([feature for (_, _, feature), _ in period]),
+            int_array([count for _, (count, _) in period]),
+            int_array([events for _, (_, events) in period]),
+        )
+
+    def by_tenant(self) -> list[tuple[str, int, int]]:
+        """(tenant, events, tokens), as WRITE_BATCH_SQL's rows."""
+        sums: dict[str, list[int]] = {}
+        for (tenant, _, _), (count, events) in self.minutes.items():
+            total = sums.setdefault(tenant, [0, 0])
+            total[0] += events
+            total[1] += count
+        return [(tenant, events, count) for tenant, (events, count) in sums.items()]
+
+    def days(self) -> list[tuple[str, str]]:
+        """The (tenant, UTC day) pairs the events fall on, sorted."""
+        pairs = {(tenant, minute * 60_000 // DAY_MS) for tenant, _, minute in self.minutes}
+        return [(tenant, day_of(day * DAY_MS)) for tenant, day in sorted(pairs)]
+
+
+# Counting one batch in one statement, in two forms. Their text columns compare as bytes, as the keys
+# they meet do (migrations 0007, 0008): no strcoll() per comparison under any cluster locale. Times
+# travel as epoch milliseconds and become timestamps per row only where a row is stored; rollups and
+# totals group on integers, converting per group.
+# In both, the ledger insert runs first (what follows reads what it took); the other inserts follow
+# when the statement ends (totals, daily totals, rollups, events). Every worker thus takes ledger
 # keys, then totals rows, then rollup rows, each in key order, and two workers cannot deadlock.
-_COUNT_SQL = """
+#
+# A batch that may hold known ids: the ledger skips them, and only what it took is counted.
+WRITE_BATCH_SQL = """
 WITH input AS (
     SELECT * FROM unnest(
         %s::text[] COLLATE "C", %s::text[] COLLATE "C", %s::text[] COLLATE "C",
@@ -198,9 +284,9 @@ WITH input AS (
 ), ledger AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
     SELECT tenant_id, event_id, to_timestamp(received_ms / 1000::float8) FROM input
-    {ledger}
+    ON CONFLICT DO NOTHING RETURNING tenant_id, event_id
 ), counted AS (
-    {counted}
+    SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)
 ), stored AS (
     INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
     SELECT tenant_id, event_id, feature, tokens,
@@ -228,17 +314,59 @@ WITH input AS (
 )
 SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenant_id
 """
-# A plain insert: any id already in the ledger fails the whole statement (unique_violation), so
-# when it succeeds, every row of `input` is new. No speculative insertion, no join.
-WRITE_NEW_BATCH_SQL = _COUNT_SQL.format(
-    ledger="RETURNING 1",
-    counted="SELECT * FROM input WHERE (SELECT count(*) FROM ledger) = (SELECT count(*) FROM input)",
+# A batch believed all new: a plain ledger insert, which fails the whole statement on any id already
+# in the ledger (unique_violation), so when it succeeds every event is new — no speculative insertion,
+# no join — and the totals take the sums the worker made (`Sums`), a few rows, instead of grouping
+# every event here. The events' arrays are read once (`batch`) and unnested twice, for the ledger and
+# for the raw events, rather than stored row by row for both. `taken` holds the ledger's count: the
+# main query reads it, so the ledger insert runs first, and the other inserts, waiting on it, follow
+# when the statement ends, as in WRITE_BATCH_SQL.
+WRITE_NEW_BATCH_SQL = """
+WITH batch AS (
+    SELECT %s::text[] COLLATE "C" AS tenants, %s::text[] COLLATE "C" AS ids, %s::text[] AS features,
+           %s::bigint[] AS tokens, %s::bigint[] AS occurred, %s::bigint[] AS received
+), ledger AS (
+    INSERT INTO event_ids (tenant_id, event_id, received_at)
+    SELECT t.tenant_id, t.event_id, to_timestamp(t.received_ms / 1000::float8)
+    FROM batch, unnest(batch.tenants, batch.ids, batch.received) AS t(tenant_id, event_id, received_ms)
+    RETURNING 1
+), taken AS (
+    SELECT count(*) AS n FROM ledger
+), stored AS (
+    INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
+    SELECT e.tenant_id, e.event_id, e.feature, e.tokens,
+           to_timestamp(e.occurred_ms / 1000::float8), to_timestamp(e.received_ms / 1000::float8)
+    FROM batch, unnest(batch.tenants, batch.ids, batch.features, batch.tokens, batch.occurred, batch.received)
+        AS e(tenant_id, event_id, feature, tokens, occurred_ms, received_ms)
+    WHERE (SELECT n FROM taken) > 0
+), rolled AS (
+    INSERT INTO rollups AS r (tenant_id, feature, minute, tokens, events)
+    SELECT tenant_id, feature, to_timestamp(minute * 60), tokens, events
+    FROM unnest(%s::text[] COLLATE "C", %s::text[] COLLATE "C", %s::bigint[], %s::bigint[], %s::int[])
+        AS g(tenant_id, feature, minute, tokens, events)
+    WHERE (SELECT n FROM taken) > 0
+    ORDER BY tenant_id, feature, minute
+    ON CONFLICT (tenant_id, feature, minute)
+    DO UPDATE SET tokens = r.tokens + excluded.tokens, events = r.events + excluded.events
+), dailied AS (
+    INSERT INTO daily_totals AS d (tenant_id, day, tokens)
+    SELECT tenant_id, (to_timestamp(day * 86400) AT TIME ZONE 'UTC')::date, tokens
+    FROM unnest(%s::text[] COLLATE "C", %s::bigint[], %s::bigint[]) AS g(tenant_id, day, tokens)
+    WHERE (SELECT n FROM taken) > 0
+    ORDER BY tenant_id, day
+    ON CONFLICT (tenant_id, day) DO UPDATE SET tokens = d.tokens + excluded.tokens
+), totalled AS (
+    INSERT INTO period_totals AS p (tenant_id, period_start, feature, tokens, events)
+    SELECT tenant_id, to_timestamp(period_ms / 1000::float8), feature, tokens, events
+    FROM unnest(%s::text[] COLLATE "C", %s::bigint[], %s::text[] COLLATE "C", %s::bigint[], %s::bigint[])
+        AS g(tenant_id, period_ms, feature, tokens, events)
+    WHERE (SELECT n FROM taken) > 0
+    ORDER BY tenant_id, period_ms, feature
+    ON CONFLICT (tenant_id, period_start, feature)
+    DO UPDATE SET tokens = p.tokens + excluded.tokens, events = p.events + excluded.events
 )
-# Known ids are skipped: only what the ledger took is counted.
-WRITE_BATCH_SQL = _COUNT_SQL.format(
-    ledger="ON CONFLICT DO NOTHING RETURNING tenant_id, event_id",
-    counted="SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)",
-)
+SELECT n FROM taken
+"""
 
 
 # After the counting statement, in its transaction. Row locks in id order: concurrent batches of
