@@ -1,7 +1,7 @@
 """One value for what several deploy files need: PostgreSQL's host directory and server settings, the image
 tags, the API port and the Coolify compose location. The roles' defaults are the source (for PostgreSQL's
-settings, the compose stack's); every other file that names the value is read here and must agree with it, so a path changed in one place and not another
-fails this test."""
+settings, the compose stack's); every other file that names the value is read here and must agree with it,
+so a path changed in one place and not another fails this test."""
 
 from __future__ import annotations
 
