@@ -4,7 +4,7 @@ the alerts the batch crosses, in ONE transaction; the events table's partitions 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -177,14 +177,23 @@ def _periods_and_days(
         if moment_ms // DAY_MS != day or name != tenant:
             tenant, day = name, moment_ms // DAY_MS
             days.add((tenant, day))
-            key = (billing_days[tenant], day)
-            known = memo.get(key)
-            if known is None:
-                moment = ms_to_datetime(day * DAY_MS)
-                known = memo[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
-            start = known
+            start = _period_start_ms(billing_days[tenant], day, memo)
         starts.append(start)
-    return starts, [(t, day_of(d * DAY_MS)) for t, d in sorted(days)]
+    return starts, _day_names(days)
+
+
+def _period_start_ms(billing_day: int, day: int, memo: dict[tuple[int, int], int]) -> int:
+    """The start (epoch ms) of the billing period holding UTC day number `day`, once per batch."""
+    start = memo.get((billing_day, day))
+    if start is None:
+        period = period_containing(ms_to_datetime(day * DAY_MS), billing_day)
+        start = memo[billing_day, day] = int(period.start.timestamp() * 1000)
+    return start
+
+
+def _day_names(days: Iterable[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(tenant, UTC day number) pairs as (tenant, YYYY-MM-DD), sorted."""
+    return [(tenant, day_of(day * DAY_MS)) for tenant, day in sorted(days)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,15 +229,11 @@ class Sums:
         in its key's order (the order the rows are locked in)."""
         days: dict[tuple[str, int], int] = {}
         periods: dict[tuple[str, int, str], list[int]] = {}
-        starts: dict[tuple[int, int], int] = {}  # (billing day, UTC day) → period start, epoch ms
+        starts: dict[tuple[int, int], int] = {}
         for (tenant, feature, minute), (count, events) in self.minutes.items():
             day = minute * 60_000 // DAY_MS
             days[tenant, day] = days.get((tenant, day), 0) + count
-            key = (self.billing_days[tenant], day)
-            start = starts.get(key)
-            if start is None:
-                moment = ms_to_datetime(day * DAY_MS)
-                start = starts[key] = int(period_containing(moment, key[0]).start.timestamp() * 1000)
+            start = _period_start_ms(self.billing_days[tenant], day, starts)
             total = periods.setdefault((tenant, start, feature), [0, 0])
             total[0] += count
             total[1] += events
@@ -262,8 +267,7 @@ class Sums:
 
     def days(self) -> list[tuple[str, str]]:
         """The (tenant, UTC day) pairs the events fall on, sorted."""
-        pairs = {(tenant, minute * 60_000 // DAY_MS) for tenant, _, minute in self.minutes}
-        return [(tenant, day_of(day * DAY_MS)) for tenant, day in sorted(pairs)]
+        return _day_names({(tenant, minute * 60_000 // DAY_MS) for tenant, _, minute in self.minutes})
 
 
 # Counting one batch in one statement, in two forms. Their text columns compare as bytes, as the keys
