@@ -127,7 +127,7 @@ def test_dead_letters_are_listed_and_replayed_safely(stack: Stack) -> None:
 
 def test_prune_drops_old_month_partitions_and_expired_dedup_rows(stack: Stack) -> None:
     stack.sql(
-        "CREATE TABLE IF NOT EXISTS events_2020_01 PARTITION OF events"
+        "CREATE TABLE IF NOT EXISTS event_log_2020_01 PARTITION OF event_log"
         " FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-02-01 00:00+00')"
     )
     stale = f"stale-{uuid.uuid4().hex[:8]}"
@@ -138,10 +138,10 @@ def test_prune_drops_old_month_partitions_and_expired_dedup_rows(stack: Stack) -
     )
     done = flagmeter(stack, "prune", "--keep-days", "400")
     assert done.returncode == 0, done.stderr
-    assert "events_2020_01" in done.stdout
-    assert stack.sql("SELECT to_regclass('events_2020_01')") == [(None,)]
+    assert "event_log_2020_01" in done.stdout
+    assert stack.sql("SELECT to_regclass('event_log_2020_01')") == [(None,)]
     assert stack.sql("SELECT event_id FROM event_ids WHERE tenant_id = %s", (stale,)) == [("recent",)]
-    current = stack.sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")[0][0]
+    current = stack.sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'event_log'::regclass")[0][0]
     assert current >= 6  # this month's neighbours are untouched
 
 

@@ -34,7 +34,7 @@ def test_two_migrate_processes_started_together_both_succeed_and_leave_one_schem
         assert [row[0] for row in cur.fetchall()] == [version for version, _ in migration_files()]
         cur.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'tenants'")
         assert cur.fetchone() == (1,)
-        cur.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
+        cur.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'event_log'::regclass")
         assert cur.fetchone()[0] >= 6  # default + months around now
 
 
@@ -50,3 +50,42 @@ def test_migrate_again_applies_nothing(servers: LocalStack) -> None:
             check=True,
         )
     assert '"applied":[]' in done.stdout.replace(" ", "")
+
+
+def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log(servers: LocalStack) -> None:
+    url = fresh_database(servers.database_url)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        # The schema as 0008 left it, with 9,001 raw events over three months (one in the default partition),
+        # their times to the millisecond as the worker stored them
+        cur.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz)")
+        for version, sql in migration_files():
+            if version < "0009":
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
+        cur.execute(
+            "INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)"
+            " SELECT 'tenant-' || i % 3, 'id-' || i, 'chat', i, t - i * interval '7 minutes 0.123 seconds',"
+            "        t - i * interval '7 minutes' FROM generate_series(1, 9000) AS i,"
+            "        date_trunc('milliseconds', now()) AS t"
+            " UNION ALL"
+            " SELECT 'tenant-0', 'id-old', 'embed', 5, '2019-12-31 23:59:59.5+00', '2020-01-01 00:00+00'"
+        )
+        cur.execute("SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM events")
+        before = sorted(cur.fetchall())
+    conn.close()
+    subprocess.run(
+        [sys.executable, "-m", "flagmeter.cli", "migrate"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        check=True,
+    )
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM events")
+        assert sorted(cur.fetchall()) == before
+        cur.execute("SELECT count(*), sum(cardinality(event_ids)) FROM event_log")
+        assert cur.fetchone() == (3, 9001)  # batches of up to 4,000 in received order
+        cur.execute("SELECT count(*) FROM event_log_default")
+        assert cur.fetchone() == (0,)  # each batch in its month's partition, 2020's too
+        cur.execute("SELECT to_regclass('events_before_0009'), to_regclass('event_log_2020_01')")
+        assert cur.fetchone() == (None, "event_log_2020_01")
+    conn.close()

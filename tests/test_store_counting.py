@@ -78,7 +78,18 @@ def _expected(events: Iterable[Event]) -> Sums:
     return rollups, totals, daily
 
 
-def _stored(url: str) -> tuple[*Sums, int, int]:
+Log = dict[tuple[str, str], tuple[str, int, int, int]]
+
+
+def _logged(events: Iterable[Event]) -> Log:
+    """The event log as it should read: the first event of each id, once."""
+    first: Log = {}
+    for event in events:
+        first.setdefault((event.tenant, event.id), event[2:])
+    return first
+
+
+def _stored(url: str) -> tuple[*Sums, Log, int]:
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT tenant_id, feature, minute, tokens FROM rollups")
         rollups = Counter({(t, f, m.astimezone(UTC)): n for t, f, m, n in cur.fetchall()})
@@ -86,10 +97,18 @@ def _stored(url: str) -> tuple[*Sums, int, int]:
         totals = Counter({(t, p.astimezone(UTC), f): n for t, p, f, n in cur.fetchall()})
         cur.execute("SELECT tenant_id, day::text, tokens FROM daily_totals")
         daily = Counter({(t, d): n for t, d, n in cur.fetchall()})
-        cur.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_ids)")
-        events, ledger = cur.fetchone()
+        cur.execute("SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM events")
+        rows = [((t, i), (f, n, _ms(o), _ms(r))) for t, i, f, n, o, r in cur.fetchall()]
+        events = dict(rows)
+        assert len(events) == len(rows), "an event is in the log twice"
+        cur.execute("SELECT count(*) FROM event_ids")
+        (ledger,) = cur.fetchone()
     conn.close()
     return rollups, totals, daily, events, ledger
+
+
+def _ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
 
 
 @pytest.mark.parametrize("options", ["", LANGUAGE_ORDER], ids=["server-default", "language-order"])
@@ -117,13 +136,14 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(
             await store.close()
         seen: list[Event] = [event for batch in batches for event in batch]
         assert _stored(url)[:3] == _expected(seen)
+        assert _stored(url)[3] == _logged(seen)  # each counted event in the log once, as it came
         # The plain insert is tried while the last batch held no known id; it fails on batches 2 and 4.
         assert [r.recounted for r in results] == [False, True, False, True, False]
         return [(r.counted, r.duplicates) for r in results]
 
     assert asyncio.run(run()) == [(300, 0), (100, 101), (200, 0), (0, 200), (50, 1)]
     rollups, totals, daily, events, ledger = _stored(url)
-    assert events == ledger == 650
+    assert len(events) == ledger == 650
     assert sum(rollups.values()) == sum(totals.values()) == sum(daily.values())
 
 
@@ -151,10 +171,12 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
             for store in stores:
                 await store.close()
         assert _stored(url)[:3] == _expected(everything)
+        assert _stored(url)[3] == _logged(everything)
         return counted
 
     assert asyncio.run(run()) == 5 * (400 + 3 * 100)
-    assert _stored(url)[3:] == (3500, 3500)
+    events, ledger = _stored(url)[3:]
+    assert len(events) == ledger == 3500
 
 
 def test_the_counting_keys_compare_as_bytes_on_a_database_of_a_language_order(servers: LocalStack) -> None:

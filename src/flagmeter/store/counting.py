@@ -1,5 +1,5 @@
-"""Counting a batch exactly once: the ledger, raw events, rollups, daily and period totals, and
-the alerts the batch crosses, in ONE transaction; the events table's partitions and pruning."""
+"""Counting a batch exactly once: the ledger, the event log (raw events, a row per batch), rollups, daily
+and period totals, and the alerts the batch crosses, in ONE transaction; the log's partitions, pruning."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..quota import DAY_MS, day_field, day_of
 from .base import Database, int_array, ms_to_datetime, text_array
 from .outbox import decide_alerts
 
-PARTITION = re.compile(r"events_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})")
+PARTITION = re.compile(r"event_log_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +95,12 @@ class CountingStore(Database):
                 # What the batch adds to each total is summed here: the statement fails whole unless
                 # every event is new, so these sums are what it counts.
                 sums = Sums.of(tenants, features, tokens, occurred, billing_days)
-                await cur.execute(WRITE_NEW_BATCH_SQL, (*columns, *sums.parameters()))
+                await cur.execute(WRITE_NEW_BATCH_SQL, (*columns, now, *sums.parameters()))
                 await cur.fetchall()
                 rows, days = sums.by_tenant(), sums.days()
             else:
                 period_ms, days = _periods_and_days(tenants, occurred, billing_days)
-                await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms)))
+                await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms), now))
                 rows = await cur.fetchall()
             # Read in a statement of its own: its snapshot holds any batch this one waited for on the
             # ledger, so the totals include every event of these entries, counted here or before.
@@ -136,7 +136,7 @@ class CountingStore(Database):
         return [(day_field(tenant, d), int(tokens)) for tenant, d, tokens in rows]
 
     async def ensure_partitions(self, now: datetime) -> None:
-        """Monthly partitions of `events` from two months before `now`'s to three after."""
+        """Monthly partitions of the event log from two months before `now`'s to three after."""
         await self._all("SELECT flagmeter_ensure_event_partitions(2, 3, %s)", (now,))
 
     async def prune(self, keep_days: int, now: datetime) -> tuple[int, list[str]]:
@@ -145,7 +145,7 @@ class CountingStore(Database):
         async with self._cursor() as cur:
             await cur.execute(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                " WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'"
+                " WHERE i.inhparent = 'event_log'::regclass AND c.relname ~ '^event_log_[0-9]{4}_[0-9]{2}$'"
             )
             cutoff = now.timestamp() - keep_days * 86400
             for (name,) in await cur.fetchall():
@@ -292,10 +292,11 @@ WITH input AS (
 ), counted AS (
     SELECT input.* FROM input JOIN ledger USING (tenant_id, event_id)
 ), stored AS (
-    INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
-    SELECT tenant_id, event_id, feature, tokens,
-           to_timestamp(occurred_ms / 1000::float8), to_timestamp(received_ms / 1000::float8)
-    FROM counted
+    INSERT INTO event_log (counted_at, tenant_ids, event_ids, features, tokens, occurred_ms, received_ms)
+    SELECT %s, array_agg(tenant_id), array_agg(event_id), array_agg(feature), array_agg(tokens),
+           array_agg(occurred_ms), array_agg(received_ms)
+    FROM (SELECT * FROM counted ORDER BY tenant_id, event_id) AS c  -- one pass: the arrays align
+    HAVING count(*) > 0
 ), rolled AS (
     INSERT INTO rollups AS r (tenant_id, feature, minute, tokens, events)
     SELECT tenant_id, feature, to_timestamp(minute * 60), sum(tokens), count(*)
@@ -337,11 +338,8 @@ WITH batch AS (
 ), taken AS (
     SELECT count(*) AS n FROM ledger
 ), stored AS (
-    INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)
-    SELECT e.tenant_id, e.event_id, e.feature, e.tokens,
-           to_timestamp(e.occurred_ms / 1000::float8), to_timestamp(e.received_ms / 1000::float8)
-    FROM batch, unnest(batch.tenants, batch.ids, batch.features, batch.tokens, batch.occurred, batch.received)
-        AS e(tenant_id, event_id, feature, tokens, occurred_ms, received_ms)
+    INSERT INTO event_log (counted_at, tenant_ids, event_ids, features, tokens, occurred_ms, received_ms)
+    SELECT %s, tenants, ids, features, tokens, occurred, received FROM batch
     WHERE (SELECT n FROM taken) > 0
 ), rolled AS (
     INSERT INTO rollups AS r (tenant_id, feature, minute, tokens, events)
