@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 MAX_BATCH = 1000
@@ -44,6 +46,29 @@ class Event(NamedTuple):
     tokens: int
     occurred_ms: int
     received_ms: int
+
+
+# A run of events of one tenant and received time, as columns: a request's events share its received
+# time, and a tenant key's its tenant (one group; several for an admin's batch of several tenants).
+Columns = tuple[str, int, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def columns(events: Sequence[Event]) -> list[Columns]:
+    """(tenant, received_ms, ids, features, tokens, occurred_ms) per run of one tenant and received time."""
+    if not events:
+        return []
+    tenants, ids, features, tokens, occurred, received = zip(*events, strict=True)
+    n = len(events)
+    if tenants.count(tenants[0]) == n and received.count(received[0]) == n:  # a request's: one group
+        return [(tenants[0], received[0], ids, features, tokens, occurred)]
+    groups: list[Columns] = []
+    for (tenant, received_ms), run in groupby(events, _TENANT_AND_RECEIVED):
+        _, ids, features, tokens, occurred, _ = zip(*run, strict=True)
+        groups.append((tenant, received_ms, ids, features, tokens, occurred))
+    return groups
+
+
+_TENANT_AND_RECEIVED = itemgetter(0, 5)
 
 
 # Event(...) without the named tuple's generated __new__ (a Python frame per event on the API's hot path)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from .events import MAX_TOKENS, TENANT_ID, Event, Rejection
+from .events import MAX_TOKENS, TENANT_ID, Columns, Event, Rejection, columns
 from .periods import Period
 
 DAY_MS = 86_400_000
@@ -39,22 +39,27 @@ def day_of(moment_ms: int) -> str:
     return name
 
 
-def tally(events: Iterable[Event]) -> bytes:
+def tally(events: Sequence[Event]) -> bytes:
     """What a stream entry adds to the pending figures: [field, tokens, ...] as JSON ('' when none)."""
-    # Runs of events of one tenant and day (a request's events mostly share both) are summed as
-    # integers, then added to their field's total: one name and one dict update per run.
+    return tally_columns(columns(events))
+
+
+def tally_columns(groups: Iterable[Columns]) -> bytes:
+    """`tally` of events as the stream's columns (events.columns) hold them."""
     totals: dict[str, int] = {}
-    tenant, day, run = "", -1, 0
-    for event in events:
-        if event.occurred_ms // DAY_MS != day or event.tenant != tenant:
+    for tenant, _, _, _, tokens, occurred in groups:
+        first, last = min(occurred) // DAY_MS, max(occurred) // DAY_MS
+        if first == last:  # a request's events mostly fall on one day: summed in C
+            days: dict[int, int] = {first: sum(tokens)}
+        else:
+            days = {}
+            for count, moment_ms in zip(tokens, occurred, strict=True):
+                day = moment_ms // DAY_MS
+                days[day] = days.get(day, 0) + count
+        for day, run in days.items():
             if run:
                 field = day_field(tenant, day_of(day * DAY_MS))
                 totals[field] = totals.get(field, 0) + run
-            tenant, day, run = event.tenant, event.occurred_ms // DAY_MS, 0
-        run += event.tokens
-    if run:
-        field = day_field(tenant, day_of(day * DAY_MS))
-        totals[field] = totals.get(field, 0) + run
     return orjson.dumps([x for pair in totals.items() for x in pair]) if totals else b""
 
 

@@ -11,8 +11,7 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import groupby, repeat
-from operator import itemgetter
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -24,8 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .appender import APPEND_ENTRY_LUA, MAX_APPEND_BYTES, Appender, RateLimited, RedisUnavailable, on_redis
 from .clock import SYSTEM, Clock
 from .config import Settings
-from .events import Event
-from .quota import tally
+from .events import Event, columns
+from .quota import tally, tally_columns
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
 __all__ = [
@@ -94,20 +93,7 @@ class Backlog:
 
 
 def encode(events: Sequence[Event]) -> bytes:
-    if not events:
-        return b"[]"
-    tenants, ids, features, tokens, occurred, received = zip(*events, strict=True)
-    n = len(events)
-    if tenants.count(tenants[0]) == n and received.count(received[0]) == n:  # a request's: one group
-        return orjson.dumps(((tenants[0], received[0], ids, features, tokens, occurred),))
-    groups: list[tuple[Any, ...]] = []
-    for (tenant, received_ms), run in groupby(events, _TENANT_AND_RECEIVED):
-        _, ids, features, tokens, occurred, _ = zip(*run, strict=True)
-        groups.append((tenant, received_ms, ids, features, tokens, occurred))
-    return orjson.dumps(groups)
-
-
-_TENANT_AND_RECEIVED = itemgetter(0, 5)
+    return orjson.dumps(columns(events))
 
 
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
@@ -258,8 +244,9 @@ class Stream:
         """Append a request's accepted events as one entry (see appender.Appender): charged to
         `tenant`'s request bucket first when given, settling the `settle` holds; the answer is how
         many of those were still held."""
+        groups = columns(events)  # encoded and tallied from the same columns
         return await self._appender.append(
-            encode(events), tally(events), tenant=tenant, rate=rate, settle=settle
+            orjson.dumps(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
         )
 
     # -- consumer side ------------------------------------------------------------------
