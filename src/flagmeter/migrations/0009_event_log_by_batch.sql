@@ -33,6 +33,19 @@ FROM event_log AS l,
      unnest(l.tenant_ids, l.event_ids, l.features, l.tokens, l.occurred_ms, l.received_ms)
          AS e(tenant_id, event_id, feature, tokens, occurred_ms, received_ms);
 
+-- A worker from before this migration inserts into `events` a row per event, as it did: during a rolling
+-- upgrade it goes on counting, each of its events a batch of one in the log (counted_at its received_at).
+CREATE FUNCTION flagmeter_event_into_log() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_log (counted_at, tenant_ids, event_ids, features, tokens, occurred_ms, received_ms)
+    VALUES (NEW.received_at, ARRAY[NEW.tenant_id], ARRAY[NEW.event_id], ARRAY[NEW.feature], ARRAY[NEW.tokens],
+            ARRAY[(extract(epoch FROM NEW.occurred_at) * 1000)::bigint],
+            ARRAY[(extract(epoch FROM NEW.received_at) * 1000)::bigint]);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER events_into_log INSTEAD OF INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION flagmeter_event_into_log();
+
 -- One month's partition, from its first day (UTC).
 CREATE FUNCTION flagmeter_ensure_event_month(month_start date) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
