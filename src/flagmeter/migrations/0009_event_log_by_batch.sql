@@ -1,6 +1,6 @@
 -- Raw events, the audit log, are stored one row per counted batch: the batch's columns as arrays
 -- (`event_log`), where `events` stored a row per event. A row per event cost PostgreSQL a heap tuple,
--- its WAL record and, every ~80 events, a new 8 KB page for each counted event: ~28 % of the counting
+-- its WAL record and, every ~80 events, a new 8 KB page for each counted event: ~30 % of the counting
 -- backend's CPU (docs/performance.md, issue 15's ninth pass). A batch's arrays are one row whatever
 -- its size, compressed with lz4 out of line. Nothing read raw events by key before either (0003): they
 -- are read in bulk, and `events` stays as a view with the columns it had, one row per event.
