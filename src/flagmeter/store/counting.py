@@ -322,8 +322,8 @@ SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenan
 # A batch believed all new: a plain ledger insert, which fails the whole statement on any id already
 # in the ledger (unique_violation), so when it succeeds every event is new — no speculative insertion,
 # no join — and the totals take the sums the worker made (`Sums`), a few rows, instead of grouping
-# every event here. The events' arrays are read once (`batch`) and unnested twice, for the ledger and
-# for the raw events, rather than stored row by row for both. `taken` holds the ledger's count: the
+# every event here. The events' arrays are read once (`batch`): unnested for the ledger, and stored as
+# they are, one row, in the event log (migration 0009). `taken` holds the ledger's count: the
 # main query reads it, so the ledger insert runs first, and the other inserts, waiting on it, follow
 # when the statement ends, as in WRITE_BATCH_SQL.
 WRITE_NEW_BATCH_SQL = """
