@@ -61,11 +61,16 @@ def _events(count: int) -> list[Event]:
 Sums = tuple[Counter[tuple[str, str, datetime]], Counter[tuple[str, datetime, str]], Counter[tuple[str, str]]]
 
 
-def _expected(events: Iterable[Event]) -> Sums:
-    """Rollups, period totals and daily totals recomputed in Python from the first event of each id."""
+def _first_of_each_id(events: Iterable[Event]) -> dict[tuple[str, str], Event]:
     first: dict[tuple[str, str], Event] = {}
     for event in events:
         first.setdefault((event.tenant, event.id), event)
+    return first
+
+
+def _expected(events: Iterable[Event]) -> Sums:
+    """Rollups, period totals and daily totals recomputed in Python from the first event of each id."""
+    first = _first_of_each_id(events)
     rollups: Counter[tuple[str, str, datetime]] = Counter()
     totals: Counter[tuple[str, datetime, str]] = Counter()
     daily: Counter[tuple[str, str]] = Counter()
@@ -83,10 +88,7 @@ Log = dict[tuple[str, str], tuple[str, int, int, int]]
 
 def _logged(events: Iterable[Event]) -> Log:
     """The event log as it should read: the first event of each id, once."""
-    first: Log = {}
-    for event in events:
-        first.setdefault((event.tenant, event.id), event[2:])
-    return first
+    return {key: event[2:] for key, event in _first_of_each_id(events).items()}
 
 
 def _stored(url: str) -> tuple[*Sums, Log, int]:
@@ -135,8 +137,9 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(
         finally:
             await store.close()
         seen: list[Event] = [event for batch in batches for event in batch]
-        assert _stored(url)[:3] == _expected(seen)
-        assert _stored(url)[3] == _logged(seen)  # each counted event in the log once, as it came
+        stored = _stored(url)
+        assert stored[:3] == _expected(seen)
+        assert stored[3] == _logged(seen)  # each counted event in the log once, as it came
         # The plain insert is tried while the last batch held no known id; it fails on batches 2 and 4.
         assert [r.recounted for r in results] == [False, True, False, True, False]
         return [(r.counted, r.duplicates) for r in results]
@@ -170,8 +173,9 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
         finally:
             for store in stores:
                 await store.close()
-        assert _stored(url)[:3] == _expected(everything)
-        assert _stored(url)[3] == _logged(everything)
+        stored = _stored(url)
+        assert stored[:3] == _expected(everything)
+        assert stored[3] == _logged(everything)
         return counted
 
     assert asyncio.run(run()) == 5 * (400 + 3 * 100)

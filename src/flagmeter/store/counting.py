@@ -275,7 +275,7 @@ class Sums:
 # travel as epoch milliseconds and become timestamps per row only where a row is stored; rollups and
 # totals group on integers, converting per group.
 # In both, the ledger insert runs first (what follows reads what it took); the other inserts follow
-# when the statement ends (totals, daily totals, rollups, events). Every worker thus takes ledger
+# when the statement ends (totals, daily totals, rollups, the event log). Every worker thus takes ledger
 # keys, then totals rows, then rollup rows, each in key order, and two workers cannot deadlock.
 #
 # A batch that may hold known ids: the ledger skips them, and only what it took is counted.
