@@ -3,10 +3,19 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from flagmeter.events import MAX_AGE_MS, MAX_AHEAD_MS, Rejection, normalise, parse_timestamp
+from flagmeter.events import (
+    MAX_AGE_MS,
+    MAX_AHEAD_MS,
+    Event,
+    Rejection,
+    columns,
+    judge_columns,
+    normalise,
+    parse_timestamp,
+)
 
 NOW = 1_764_000_000_000
 
@@ -127,3 +136,76 @@ def test_timestamps_parse_to_the_same_instant_as_the_standard_library(
     if offset_minutes == 0:
         assert parse_timestamp(text.replace("+00:00", "Z")) == expected
         assert parse_timestamp(text.replace("+00:00", "z")) == expected
+
+
+def _stamp(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+# Each field's values, (valid, not valid), for whole batches of one shape.
+FIELD_VALUES = {
+    "id": (
+        st.text("ab7 -~", min_size=1, max_size=6),  # an id repeats within a batch now and then
+        st.sampled_from(["", "x" * 129, "é", "tab\t", "del\x7f", 7, None, ["a"]]),
+    ),
+    "feature": (
+        st.sampled_from(["chat", "embed", "a.b:c-d_e", "x" * 64]),
+        st.sampled_from(["", "sp ace", "x" * 65, 5, ["chat"]]),
+    ),
+    "tokens": (
+        st.integers(min_value=0, max_value=10**9),
+        st.sampled_from([-1, 10**9 + 1, True, 1.0, "5", None]),
+    ),
+    "timestamp": (
+        st.integers(min_value=NOW - MAX_AGE_MS, max_value=NOW + MAX_AHEAD_MS).map(_stamp),
+        st.sampled_from(
+            [_stamp(NOW - MAX_AGE_MS - 1000), _stamp(NOW + MAX_AHEAD_MS + 1000), "2025-11-24", 17, None]
+        ),
+    ),
+    "tenant": (st.just("acme"), st.sampled_from(["globex", "Bad Tenant", ["acme"], None])),
+    "reservation": (st.just("r-1"), st.nothing()),
+}
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[dict[str, object]]:
+    """Batches whose events share one set of fields (the id's often; feature and tokens always), valid
+    with distinct ids throughout, or with invalid values and repeated ids mixed in; now and then one
+    event of other fields."""
+    fields = ["feature", "tokens", *draw(st.sets(st.sampled_from(["timestamp", "tenant"])))]
+    if draw(st.integers(0, 3)) > 0:
+        fields.append("id")
+    if draw(st.integers(0, 7)) == 0:
+        fields.append("reservation")
+    mixed = draw(st.booleans())
+    values = {name: st.one_of(*FIELD_VALUES[name]) if mixed else FIELD_VALUES[name][0] for name in fields}
+    unique = None if mixed else (lambda event: event.get("id"))  # mixed in: ids repeated as well
+    events = draw(st.lists(st.fixed_dictionaries(values), min_size=1, unique_by=unique))
+    if draw(st.integers(0, 9)) == 0:
+        events.append({"feature": "chat", "tokens": 1})
+    return events
+
+
+@settings(max_examples=300)
+@given(batches())
+def test_a_batch_judged_by_fields_is_what_judging_each_event_makes(batch: list[dict[str, object]]) -> None:
+    judged: list[Event | None] = []
+    for raw in batch:
+        try:
+            judged.append(judge(raw))
+        except Rejection:
+            judged.append(None)
+    taken_whole = (
+        None not in judged
+        and len({event.id for event in judged if event}) == len(batch)
+        and all(raw.keys() == batch[0].keys() for raw in batch)
+        and "reservation" not in batch[0]
+        and all(type(raw.get("id")) is str for raw in batch)  # no id, or a null one: the service's
+        and all(type(raw.get("timestamp", "")) is str for raw in batch)  # a null one: the time of receipt
+    )
+    event("taken whole" if taken_whole else "judged each")
+    group = judge_columns(batch, now_ms=NOW, key_tenant="acme")
+    if taken_whole:
+        assert [group] == columns([event for event in judged if event])
+    else:
+        assert group is None

@@ -17,7 +17,7 @@ import pytest
 from alerts.local_env import Receiver
 from flagmeter.config import Settings
 from flagmeter.delivery import Courier
-from flagmeter.events import Event
+from flagmeter.events import Event, columns
 from flagmeter.keys import new_key
 from flagmeter.localstack import LocalStack
 from flagmeter.store import AlertSettingsChange, Store, Tenant, migrate
@@ -87,10 +87,14 @@ async def test_a_worker_counts_what_the_stream_holds_once_and_acks_it(pipeline: 
     worker = pipeline.worker()
     running = asyncio.create_task(worker.run())
     try:
-        await pipeline.stream.append(first + first[:1], tenant=None, rate=0)  # an id twice in one entry
+        await pipeline.stream.append(
+            columns(first + first[:1]), tenant=None, rate=0
+        )  # an id twice in one entry
         await _until(lambda: _equals(pipeline.used(tenant), 12))
         assert worker.ledger.plain_first  # repeats within a batch never reach the ledger
-        await pipeline.stream.append(first + _events(tenant, 1), tenant=None, rate=0)  # a client's retry
+        await pipeline.stream.append(
+            columns(first + _events(tenant, 1)), tenant=None, rate=0
+        )  # a client's retry
         await _until(lambda: _equals(pipeline.used(tenant), 13))
         await _until(lambda: _equals(_length(pipeline.stream), 0))  # acked entries are deleted
         assert not worker.ledger.plain_first  # the retry met known ids: the next insert skips them
@@ -103,7 +107,7 @@ async def test_a_worker_counts_what_the_stream_holds_once_and_acks_it(pipeline: 
 async def test_an_entry_left_by_a_dead_consumer_is_reclaimed_and_counted(pipeline: Pipeline) -> None:
     tenant = await pipeline.tenant()
     await pipeline.stream.ensure_group()
-    await pipeline.stream.append(_events(tenant, 40), tenant=None, rate=0)
+    await pipeline.stream.append(columns(_events(tenant, 40)), tenant=None, rate=0)
     taken = await pipeline.stream.read("a-consumer-that-dies", 10, block_ms=None)
     assert len(taken) == 1  # read, never acked
     worker = pipeline.worker()
@@ -125,9 +129,11 @@ async def test_the_courier_the_worker_runs_delivers_a_crossed_threshold_once(pip
         worker = pipeline.worker(Courier(settings, pipeline.store))
         running = asyncio.create_task(worker.run())
         try:
-            await pipeline.stream.append(_events(tenant, 50, 35), tenant=None, rate=0)
+            await pipeline.stream.append(columns(_events(tenant, 50, 35)), tenant=None, rate=0)
             await asyncio.get_running_loop().run_in_executor(None, receiver.wait, f"/hook/{tenant}", 1)
-            await pipeline.stream.append(_events(tenant, 5), tenant=None, rate=0)  # 90 %: 80 % was sent
+            await pipeline.stream.append(
+                columns(_events(tenant, 5)), tenant=None, rate=0
+            )  # 90 %: 80 % was sent
             await _until(lambda: _equals(pipeline.used(tenant), 90))
             await asyncio.sleep(0.5)
         finally:

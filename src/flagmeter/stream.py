@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .appender import APPEND_ENTRY_LUA, MAX_APPEND_BYTES, Appender, RateLimited, RedisUnavailable, on_redis
 from .clock import SYSTEM, Clock
 from .config import Settings
-from .events import Event, columns
+from .events import Columns, Event, all_of_type, columns
 from .quota import tally, tally_columns
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
@@ -123,7 +123,7 @@ def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
             and type(received_ms) is int
             and _column_of(ids, str)
             and _column_of(features, str)
-            and _column_of(tokens, int)  # `type() is`: a bool is not a token count
+            and _column_of(tokens, int)
             and _column_of(occurred, int)
             and len(ids) == len(features) == len(tokens) == len(occurred)
         ):
@@ -135,7 +135,7 @@ def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
 
 
 def _column_of(values: Any, kind: type) -> bool:
-    return type(values) is list and set(map(type, values)) == {kind}  # an empty column is malformed
+    return type(values) is list and all_of_type(values, kind)  # an empty column is malformed
 
 
 def _from_rows(rows: list[Any]) -> tuple[Event, ...]:
@@ -235,17 +235,16 @@ class Stream:
 
     async def append(
         self,
-        events: Sequence[Event],
+        groups: list[Columns],
         *,
         tenant: str | None,
         rate: int,
         settle: Sequence[tuple[str, str]] = (),
     ) -> int:
-        """Append a request's accepted events as one entry (see appender.Appender): charged to
-        `tenant`'s request bucket first when given, settling the `settle` holds; the answer is how
-        many of those were still held."""
-        groups = columns(events)  # encoded and tallied from the same columns
-        return await self._appender.append(
+        """Append a request's accepted events, as columns (events.columns), as one entry (see
+        appender.Appender): charged to `tenant`'s request bucket first when given, settling the
+        `settle` holds; the answer is how many of those were still held."""
+        return await self._appender.append(  # encoded and tallied from the same columns
             orjson.dumps(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
         )
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from .. import metrics
-from ..events import MAX_BATCH, TENANT_ID, Rejection, normalise
+from ..events import MAX_BATCH, TENANT_ID, Columns, Event, Rejection, columns, judge_columns, normalise
 from ..quota import named_reservation
 from ..responses import json_response
 from ..stream import RateLimited, RedisUnavailable
@@ -61,33 +62,9 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
     else:
         raise ApiError(400, "invalid_body", "body must be an event object or an array of events")
 
-    existing = await _existing_tenants(app, items, principal.tenant)
-    now_ms = app["settings"].clock.now_ms()
-    accepted = []
-    settle: list[tuple[str, str]] = []  # (tenant, reservation) the accepted events settle (issue 12)
-    rejected: list[dict[str, Any]] = []
-    duplicates: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    for index, raw in enumerate(items):
-        try:
-            event = normalise(
-                raw, now_ms=now_ms, key_tenant=principal.tenant, tenant_exists=existing.__contains__
-            )
-            reservation = named_reservation(raw)
-        except Rejection as rejection:
-            metrics.events_rejected.labels(rejection.code).inc()
-            rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
-            continue
-        # An id repeated within one request is the same event: it counts once (the first), like a retry.
-        if (event.tenant, event.id) in seen:
-            duplicates.append({"index": index, "id": event.id})
-            continue
-        seen.add((event.tenant, event.id))
-        accepted.append(event)
-        if reservation is not None:
-            settle.append((event.tenant, reservation))
-
-    if not accepted:
+    judged = await _judge(app, items, principal.tenant)
+    rejected = judged.rejected
+    if not judged.ids:
         if isinstance(body, dict):
             code, message = rejected[0]["error"]["code"], rejected[0]["error"]["message"]
             raise ApiError(SINGLE_STATUS.get(code, 422), code, message)
@@ -97,7 +74,7 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
 
     try:
         settled = await app["stream"].append(
-            accepted, tenant=principal.tenant, rate=app["settings"].rate_limit, settle=settle
+            judged.groups, tenant=principal.tenant, rate=app["settings"].rate_limit, settle=judged.settle
         )
     except RateLimited as limited:
         metrics.rate_limited.inc()
@@ -113,18 +90,65 @@ async def _ingest(request: web.Request, principal: Principal) -> web.Response:
         raise ApiError(
             503, "unavailable", "event stream unavailable; retry with the same ids", {"Retry-After": "1"}
         ) from None
-    metrics.events_accepted.inc(len(accepted))
+    metrics.events_accepted.inc(len(judged.ids))
     if settled:
         metrics.reservations.labels("settled").inc(settled)
     return json_response(
         {
-            "accepted": len(accepted),
-            "ids": [event.id for event in accepted],
-            "duplicates": duplicates,
+            "accepted": len(judged.ids),
+            "ids": judged.ids,
+            "duplicates": judged.duplicates,
             "rejected": rejected,
         },
         202,
     )
+
+
+@dataclass(slots=True)
+class Judged:
+    """A request's verdict: the accepted events' columns and ids (in order), the reservations they
+    settle, the rejected and the repeated ones (by index)."""
+
+    groups: list[Columns]
+    ids: list[str]
+    settle: list[tuple[str, str]] = field(default_factory=list)  # (tenant, reservation): issue 12
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def _judge(app: web.Application, items: list[Any], key_tenant: str | None) -> Judged:
+    """A tenant key's batch of valid events is judged a field at a time (events.judge_columns); any
+    other (an invalid event, a repeated id, a reservation, the admin's tenants) event by event, which
+    says what is wrong with which."""
+    now_ms = app["settings"].clock.now_ms()
+    if key_tenant is not None:
+        group = judge_columns(items, now_ms=now_ms, key_tenant=key_tenant)
+        if group is not None:
+            return Judged([group], list(group[2]))
+    existing = await _existing_tenants(app, items, key_tenant)
+    accepted: list[Event] = []
+    judged = Judged([], [])
+    seen: set[tuple[str, str]] = set()
+    for index, raw in enumerate(items):
+        try:
+            event = normalise(raw, now_ms=now_ms, key_tenant=key_tenant, tenant_exists=existing.__contains__)
+            reservation = named_reservation(raw)
+        except Rejection as rejection:
+            metrics.events_rejected.labels(rejection.code).inc()
+            error = {"code": rejection.code, "message": rejection.message}
+            judged.rejected.append({"index": index, "error": error})
+            continue
+        # An id repeated within one request is the same event: it counts once (the first), like a retry.
+        if (event.tenant, event.id) in seen:
+            judged.duplicates.append({"index": index, "id": event.id})
+            continue
+        seen.add((event.tenant, event.id))
+        accepted.append(event)
+        if reservation is not None:
+            judged.settle.append((event.tenant, reservation))
+    judged.groups = columns(accepted)
+    judged.ids = [event.id for event in accepted]
+    return judged
 
 
 async def _existing_tenants(app: web.Application, items: list[Any], key_tenant: str | None) -> set[str]:
