@@ -30,6 +30,15 @@ def test_a_requests_events_travel_as_one_group_of_columns() -> None:
     assert decoded is not None and type(decoded[0]) is Event and decoded[0].feature == "chat"
 
 
+def test_events_that_occurred_when_received_travel_without_their_times() -> None:
+    events = [Event("acme", f"e-{i}", "chat", i, NOW, NOW) for i in range(2)]
+    assert orjson.loads(encode(events)) == [["acme", NOW, ["e-0", "e-1"], ["chat", "chat"], [0, 1]]]
+    assert read(encode(events)) == tuple(events)
+    events[1] = events[1]._replace(occurred_ms=NOW - 1)  # one given time: the column is written
+    assert orjson.loads(encode(events))[0][5] == [NOW, NOW - 1]
+    assert read(encode(events)) == tuple(events)
+
+
 def test_an_admins_batch_of_several_tenants_keeps_its_order_in_runs() -> None:
     events = events_of("acme", 2) + events_of("globex", 1) + events_of("acme", 1)
     assert [group[0] for group in orjson.loads(encode(events))] == ["acme", "globex", "acme"]
@@ -44,7 +53,7 @@ event_lists = st.lists(
         st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128),
         st.sampled_from(["chat", "embed", "a.b:c-d_e"]),
         st.integers(0, 10**9),
-        st.integers(0, 2**53),
+        st.one_of(st.integers(0, 2**53), st.just(NOW)),  # mostly the time of receipt in a batch or not
         st.sampled_from([NOW, NOW + 1]),
     ),
     min_size=1,
@@ -83,7 +92,11 @@ def test_entries_of_rows_from_before_the_columns_still_read() -> None:
         b'[["acme",1,"ef",["chat","chat"],[5,5],[1,1]]]',  # a string is not a column of ids
         b'[[7,1,["e"],["chat"],[5],[1]]]',
         b'[["acme",1,["e"],["chat"],[5],[1]],["acme","e","chat",5,1,1]]',  # columns and a row
-        b'[["acme",1,["e"],["chat"],[5]]]',
+        b'[["acme",1,["e"],["chat"],[5,6]]]',  # no times: the ids short
+        b'[["acme",1,["e"],["chat"],[true]]]',
+        b'[["acme",1,["e"],["chat"]]]',  # no tokens
+        b'[["acme",1,["e"],["chat"],[5],[1],[1]]]',
+        b'[["acme",1.0,["e"],["chat"],[5]]]',
         b"[[]]",
         b"[]",
         b"not json",
