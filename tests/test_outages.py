@@ -80,6 +80,27 @@ def test_redis_down_answers_503_with_retry_after_and_accepts_nothing(stack: Stac
 
 
 @pytest.mark.slow
+def test_a_worker_started_while_redis_is_down_counts_once_it_returns(stack: Stack) -> None:
+    env = {"FLAGMETER_STREAM": f"test:{uuid.uuid4().hex[:8]}"}  # no consumer group yet: the worker makes it
+    tenant, key = stack.create_tenant()
+    stack.servers.stop_redis()
+    try:
+        worker, _ = stack.start_worker(**env)
+        time.sleep(3)  # its start, and a few reads, meet no Redis
+        assert worker.popen.poll() is None, "the worker exited"
+    finally:
+        stack.servers.start_redis()
+    api, url = stack.start_api(processes=1, until="/ready", **env)
+    try:
+        for tokens in (4, 5):
+            assert stack.request("POST", "/v1/events", ev(tokens), token=key, base=url)[0] == 202
+        stack.wait_used(tenant, 9, timeout=30, base=url)
+    finally:
+        worker.stop()
+        api.stop()
+
+
+@pytest.mark.slow
 def test_a_worker_ahead_of_the_schema_waits_for_migrate_instead_of_dead_lettering(stack: Stack) -> None:
     import subprocess
     import sys

@@ -68,7 +68,10 @@ class Worker:
         return self._stopping.is_set()
 
     async def start(self) -> None:
-        await self.stream.ensure_group()
+        try:
+            await self.stream.ensure_group()
+        except TRANSIENT_REDIS_ERRORS as error:  # a read meeting no group creates it once Redis answers
+            log.warning("redis unavailable at start; reading will retry", extra={"error": str(error)})
         try:
             readable = await on_redis(self.stream.replay_readable())
         except RedisUnavailable as error:  # unreachable, say: they stay dead letters meanwhile
