@@ -89,3 +89,35 @@ def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log
         cur.execute("SELECT to_regclass('events_before_0009'), to_regclass('event_log_2020_01')")
         assert cur.fetchone() == (None, "event_log_2020_01")
     conn.close()
+
+
+def test_ledger_rows_from_before_0010_still_make_their_events_duplicates(servers: LocalStack) -> None:
+    url = fresh_database(servers.database_url)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz)")
+        for version, sql in migration_files():
+            if version < "0010":
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
+        cur.execute("INSERT INTO event_ids VALUES ('acme', 'e-1', now()), ('globex', 'e-1', now())")
+    conn.close()
+    subprocess.run(
+        [sys.executable, "-m", "flagmeter.cli", "migrate"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        check=True,
+    )
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO event_ids VALUES ('acme', 'e-1', now()), ('acme', 'e-2', now()),"
+            " ('initech', 'e-1', now()) ON CONFLICT DO NOTHING RETURNING tenant_id, event_id"
+        )
+        assert sorted(cur.fetchall()) == [("acme", "e-2"), ("initech", "e-1")]
+        cur.execute(
+            "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i"
+            " CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = 'event_ids'::regclass AND i.indisprimary"
+        )
+        assert cur.fetchone() == (["event_id", "tenant_id"],)
+    conn.close()
