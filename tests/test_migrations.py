@@ -52,16 +52,34 @@ def test_migrate_again_applies_nothing(servers: LocalStack) -> None:
     assert '"applied":[]' in done.stdout.replace(" ", "")
 
 
-def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log(servers: LocalStack) -> None:
+def _schema_before(version: str, servers: LocalStack) -> str:
+    """A fresh database with the migrations before `version` applied and recorded, as an older release
+    left it."""
     url = fresh_database(servers.database_url)
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz)")
+        for name, sql in migration_files():
+            if name < version:
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_migrations VALUES (%s, now())", (name,))
+    conn.close()
+    return url
+
+
+def _migrate(url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "flagmeter.cli", "migrate"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        check=True,
+    )
+
+
+def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log(servers: LocalStack) -> None:
+    url = _schema_before("0009", servers)
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         # The schema as 0008 left it, with 9,001 raw events over three months (one in the default partition),
         # their times to the millisecond as the worker stored them
-        cur.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz)")
-        for version, sql in migration_files():
-            if version < "0009":
-                cur.execute(sql)
-                cur.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
         cur.execute(
             "INSERT INTO events (tenant_id, event_id, feature, tokens, occurred_at, received_at)"
             " SELECT 'tenant-' || i % 3, 'id-' || i, 'chat', i, t - i * interval '7 minutes 0.123 seconds',"
@@ -73,12 +91,7 @@ def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log
         cur.execute("SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM events")
         before = sorted(cur.fetchall())
     conn.close()
-    subprocess.run(
-        [sys.executable, "-m", "flagmeter.cli", "migrate"],
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        check=True,
-    )
+    _migrate(url)
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT tenant_id, event_id, feature, tokens, occurred_at, received_at FROM events")
         assert sorted(cur.fetchall()) == before
@@ -92,21 +105,11 @@ def test_raw_events_stored_a_row_each_before_0009_are_carried_into_the_event_log
 
 
 def test_ledger_rows_from_before_0010_still_make_their_events_duplicates(servers: LocalStack) -> None:
-    url = fresh_database(servers.database_url)
+    url = _schema_before("0010", servers)
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz)")
-        for version, sql in migration_files():
-            if version < "0010":
-                cur.execute(sql)
-                cur.execute("INSERT INTO schema_migrations VALUES (%s, now())", (version,))
         cur.execute("INSERT INTO event_ids VALUES ('acme', 'e-1', now()), ('globex', 'e-1', now())")
     conn.close()
-    subprocess.run(
-        [sys.executable, "-m", "flagmeter.cli", "migrate"],
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        check=True,
-    )
+    _migrate(url)
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO event_ids VALUES ('acme', 'e-1', now()), ('acme', 'e-2', now()),"
