@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from flagmeter.events import (
     MAX_AGE_MS,
     MAX_AHEAD_MS,
+    MAX_ID_LENGTH,
     Event,
     Rejection,
     columns,
@@ -78,6 +79,10 @@ def test_client_id_and_timestamp_are_kept() -> None:
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00+24:00"}, "invalid_timestamp"),
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00+02:60"}, "invalid_timestamp"),
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:00.Z"}, "invalid_timestamp"),
+        (
+            {"feature": "chat", "tokens": 1, "timestamp": "\uff12\uff10\uff12\uff15-11-24T10:00:00Z"},
+            "invalid_timestamp",
+        ),
     ],
 )
 def test_invalid_events_are_rejected_with_their_code(raw: object, code: str) -> None:
@@ -145,8 +150,11 @@ def _stamp(ms: int) -> str:
 # Each field's values, (valid, not valid), for whole batches of one shape.
 FIELD_VALUES = {
     "id": (
-        st.text("ab7 -~", min_size=1, max_size=6),  # an id repeats within a batch now and then
-        st.sampled_from(["", "x" * 129, "é", "tab\t", "del\x7f", 7, None, ["a"]]),
+        st.one_of(
+            st.text("ab7 -~", min_size=1, max_size=6),  # an id repeats within a batch now and then
+            st.text("xy", min_size=MAX_ID_LENGTH - 1, max_size=MAX_ID_LENGTH),
+        ),
+        st.sampled_from(["", "x" * (MAX_ID_LENGTH + 1), "é", "tab\t", "del\x7f", 7, None, ["a"]]),
     ),
     "feature": (
         st.sampled_from(["chat", "embed", "a.b:c-d_e", "x" * 64]),
@@ -171,7 +179,7 @@ FIELD_VALUES = {
 def batches(draw: st.DrawFn) -> list[dict[str, object]]:
     """Batches whose events share one set of fields (the id's often; feature and tokens always), valid
     with distinct ids throughout, or with invalid values and repeated ids mixed in; now and then one
-    event of other fields."""
+    event of other fields among them."""
     fields = ["feature", "tokens", *draw(st.sets(st.sampled_from(["timestamp", "tenant"])))]
     if draw(st.integers(0, 3)) > 0:
         fields.append("id")
@@ -181,8 +189,14 @@ def batches(draw: st.DrawFn) -> list[dict[str, object]]:
     values = {name: st.one_of(*FIELD_VALUES[name]) if mixed else FIELD_VALUES[name][0] for name in fields}
     unique = None if mixed else (lambda event: event.get("id"))  # mixed in: ids repeated as well
     events = draw(st.lists(st.fixed_dictionaries(values), min_size=1, unique_by=unique))
-    if draw(st.integers(0, 9)) == 0:
-        events.append({"feature": "chat", "tokens": 1})
+    if draw(st.integers(0, 4)) == 0:  # anywhere, one valid event of a field more or a field fewer
+        odd = draw(st.fixed_dictionaries({name: FIELD_VALUES[name][0] for name in fields}))
+        more = draw(st.sampled_from(["id", "timestamp", "tenant", "reservation", "note"]))
+        if more in odd:
+            del odd[draw(st.sampled_from(fields))]
+        else:
+            odd[more] = draw(FIELD_VALUES[more][0]) if more in FIELD_VALUES else "ignored"
+        events.insert(draw(st.integers(0, len(events))), odd)
     return events
 
 

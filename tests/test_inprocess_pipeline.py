@@ -87,14 +87,12 @@ async def test_a_worker_counts_what_the_stream_holds_once_and_acks_it(pipeline: 
     worker = pipeline.worker()
     running = asyncio.create_task(worker.run())
     try:
-        await pipeline.stream.append(
-            columns(first + first[:1]), tenant=None, rate=0
-        )  # an id twice in one entry
+        # an id twice in one entry
+        await pipeline.stream.append(columns(first + first[:1]), tenant=None, rate=0)
         await _until(lambda: _equals(pipeline.used(tenant), 12))
         assert worker.ledger.plain_first  # repeats within a batch never reach the ledger
-        await pipeline.stream.append(
-            columns(first + _events(tenant, 1)), tenant=None, rate=0
-        )  # a client's retry
+        # a client's retry
+        await pipeline.stream.append(columns(first + _events(tenant, 1)), tenant=None, rate=0)
         await _until(lambda: _equals(pipeline.used(tenant), 13))
         await _until(lambda: _equals(_length(pipeline.stream), 0))  # acked entries are deleted
         assert not worker.ledger.plain_first  # the retry met known ids: the next insert skips them
@@ -131,9 +129,8 @@ async def test_the_courier_the_worker_runs_delivers_a_crossed_threshold_once(pip
         try:
             await pipeline.stream.append(columns(_events(tenant, 50, 35)), tenant=None, rate=0)
             await asyncio.get_running_loop().run_in_executor(None, receiver.wait, f"/hook/{tenant}", 1)
-            await pipeline.stream.append(
-                columns(_events(tenant, 5)), tenant=None, rate=0
-            )  # 90 %: 80 % was sent
+            # 90 %: 80 % was sent
+            await pipeline.stream.append(columns(_events(tenant, 5)), tenant=None, rate=0)
             await _until(lambda: _equals(pipeline.used(tenant), 90))
             await asyncio.sleep(0.5)
         finally:

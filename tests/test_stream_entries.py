@@ -30,13 +30,13 @@ def test_a_requests_events_travel_as_one_group_of_columns() -> None:
     assert decoded is not None and type(decoded[0]) is Event and decoded[0].feature == "chat"
 
 
-def test_events_that_occurred_when_received_travel_without_their_times() -> None:
-    events = [Event("acme", f"e-{i}", "chat", i, NOW, NOW) for i in range(2)]
-    assert orjson.loads(encode(events)) == [["acme", NOW, ["e-0", "e-1"], ["chat", "chat"], [0, 1]]]
-    assert read(encode(events)) == tuple(events)
-    events[1] = events[1]._replace(occurred_ms=NOW - 1)  # one given time: the column is written
-    assert orjson.loads(encode(events))[0][5] == [NOW, NOW - 1]
-    assert read(encode(events)) == tuple(events)
+def test_a_group_without_its_occurred_times_reads_as_events_that_occurred_when_received() -> None:
+    # Read, not yet written (stream.py): a later release may write it to workers of this one.
+    group = ["acme", NOW, ["e-0", "e-1"], ["chat", "tts"], [0, 1]]
+    assert read(orjson.dumps([group])) == (
+        Event("acme", "e-0", "chat", 0, NOW, NOW),
+        Event("acme", "e-1", "tts", 1, NOW, NOW),
+    )
 
 
 def test_an_admins_batch_of_several_tenants_keeps_its_order_in_runs() -> None:

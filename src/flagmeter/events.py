@@ -14,11 +14,13 @@ MAX_BATCH = 1000
 MAX_TOKENS = 10**9
 MAX_AGE_MS = 35 * 24 * 3600 * 1000
 MAX_AHEAD_MS = 5 * 60 * 1000
+MAX_ID_LENGTH = 128
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 FEATURE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
 
 
@@ -131,11 +133,11 @@ def normalise(
         event_id = os.urandom(16).hex()
     elif not (
         isinstance(event_id, str)
-        and 0 < len(event_id) <= 128
+        and 0 < len(event_id) <= MAX_ID_LENGTH
         and event_id.isascii()
         and event_id.isprintable()  # with isascii: [\x20-\x7e] (isprintable() excludes \x7f)
     ):
-        raise Rejection("invalid_id", "id must be 1-128 printable ASCII characters")
+        raise Rejection("invalid_id", f"id must be 1-{MAX_ID_LENGTH} printable ASCII characters")
 
     feature = raw.get("feature")
     if not isinstance(feature, str) or not _valid_feature(feature):
@@ -162,8 +164,8 @@ def normalise(
 
 # A batch `judge_columns` takes whole: every event names these fields, and may give a timestamp and its
 # key's own tenant, the same fields in every event.
-_NAMED = (itemgetter("id"), itemgetter("feature"), itemgetter("tokens"))
-_OPTIONAL = {"timestamp": itemgetter("timestamp"), "tenant": itemgetter("tenant")}
+_REQUIRED_FIELDS = (itemgetter("id"), itemgetter("feature"), itemgetter("tokens"))
+_OPTIONAL_FIELDS = {"timestamp": itemgetter("timestamp"), "tenant": itemgetter("tenant")}
 
 
 def judge_columns(items: list[Any], *, now_ms: int, key_tenant: str) -> Columns | None:
@@ -175,18 +177,20 @@ def judge_columns(items: list[Any], *, now_ms: int, key_tenant: str) -> Columns 
     """
     if set(map(type, items)) != {dict}:
         return None
-    optional = {name: _OPTIONAL[name] for name in _OPTIONAL if name in items[0]}
+    optional = {name: _OPTIONAL_FIELDS[name] for name in _OPTIONAL_FIELDS if name in items[0]}
     try:
-        ids, features, tokens = (tuple(map(field, items)) for field in _NAMED)
+        ids, features, tokens = (tuple(map(field, items)) for field in _REQUIRED_FIELDS)
         given = {name: tuple(map(field, items)) for name, field in optional.items()}
     except KeyError:
         return None
-    if set(map(len, items)) != {len(_NAMED) + len(given)}:  # with the fields above: those and no other
+    if set(map(len, items)) != {len(_REQUIRED_FIELDS) + len(given)}:  # no event has a field the first lacks
         return None
     n = len(items)
     if "tenant" in given and given["tenant"].count(key_tenant) != n:
         return None
-    if not (all_of_type(ids, str) and "" not in ids and max(map(len, ids)) <= 128 and len(set(ids)) == n):
+    if not (
+        all_of_type(ids, str) and "" not in ids and max(map(len, ids)) <= MAX_ID_LENGTH and len(set(ids)) == n
+    ):
         return None
     joined = "".join(ids)  # printable ASCII throughout exactly when every id is
     if not (joined.isascii() and joined.isprintable()):

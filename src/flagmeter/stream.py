@@ -86,25 +86,18 @@ class Backlog:
 # run of events of one tenant and received time (a request's events share its received time, and a
 # tenant key's its tenant: one group, but for an admin's batch of several tenants):
 #     [[tenant, received_ms, [id, ...], [feature, ...], [tokens, ...], [occurred_ms, ...]], ...]
-# without the last column when every event of the group occurred when it was received (the client gave
-# no timestamp): 30 % of a batch's bytes that Redis holds and copies and both sides encode and decode.
 # Tenant and received time are written once, and encoding and decoding run in C, not per event in
-# Python. Still read, as entries from before (a rolling upgrade; the dead-letter stream, replayable):
+# Python. Read, and not yet written: the same group without its last column, every event of it having
+# occurred when received (30 % of a batch without client timestamps). A release may write it once every
+# worker it replaces reads it: a worker that cannot read a form dead-letters its entries as malformed,
+# which takes them off the pending quota figures until the next worker to start puts them back.
+# Still read, as entries from before (a rolling upgrade; the dead-letter stream, replayable):
 #     [[tenant, id, feature, tokens, occurred_ms, received_ms], ...]   a row per event
 #     [tenant, id, feature, tokens, occurred_ms, received_ms]          one bare row
-# A worker from before a form dead-letters its entries as malformed; the next worker to start puts them
-# back (Stream.replay_readable).
 
 
 def encode(events: Sequence[Event]) -> bytes:
-    return encode_columns(columns(events))
-
-
-def encode_columns(groups: list[Columns]) -> bytes:
-    """Events' columns (events.columns) as a stream entry's payload."""
-    return orjson.dumps(
-        [group[:5] if group[5].count(group[1]) == len(group[5]) else group for group in groups]
-    )
+    return orjson.dumps(columns(events))
 
 
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
@@ -130,7 +123,7 @@ def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
     events: list[Event] = []
     for group in groups:
         if type(group) is not list or len(group) not in (5, 6):
-            raise ValueError(f"malformed stream group: {str(group)[:80]}")
+            raise ValueError("malformed stream group")
         tenant, received_ms, ids, features, tokens = group[:5]
         n = len(ids) if type(ids) is list else 0
         occurred = group[5] if len(group) == 6 else [received_ms] * n
@@ -260,7 +253,7 @@ class Stream:
         appender.Appender): charged to `tenant`'s request bucket first when given, settling the
         `settle` holds; the answer is how many of those were still held."""
         return await self._appender.append(  # encoded and tallied from the same columns
-            encode_columns(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
+            orjson.dumps(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
         )
 
     # -- consumer side ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""POST /v1/events: judge each event alone, append the valid ones to the stream, answer 202."""
+"""POST /v1/events: judge the events (each alone: one invalid event rejects no other), append the valid
+ones to the stream as one entry, answer 202."""
 
 from __future__ import annotations
 
@@ -120,12 +121,13 @@ async def _judge(app: web.Application, items: list[Any], key_tenant: str | None)
     """A tenant key's batch of valid events is judged a field at a time (events.judge_columns); any
     other (an invalid event, a repeated id, a reservation, the admin's tenants) event by event, which
     says what is wrong with which."""
-    now_ms = app["settings"].clock.now_ms()
+    clock = app["settings"].clock
     if key_tenant is not None:
-        group = judge_columns(items, now_ms=now_ms, key_tenant=key_tenant)
+        group = judge_columns(items, now_ms=clock.now_ms(), key_tenant=key_tenant)
         if group is not None:
             return Judged([group], list(group[2]))
     existing = await _existing_tenants(app, items, key_tenant)
+    now_ms = clock.now_ms()  # received once the admin's tenants are looked up
     accepted: list[Event] = []
     judged = Judged([], [])
     seen: set[tuple[str, str]] = set()
