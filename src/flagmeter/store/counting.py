@@ -281,10 +281,10 @@ class Sums:
 # A batch that may hold known ids: the ledger skips them, and only what it took is counted.
 WRITE_BATCH_SQL = """
 WITH input AS (
-    SELECT * FROM unnest(
-        %s::text[] COLLATE "C", %s::text[] COLLATE "C", %s::text[] COLLATE "C",
-        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]
-    ) AS t(tenant_id, event_id, feature, tokens, occurred_ms, received_ms, period_ms)
+    SELECT unnest(%s::text[] COLLATE "C") AS tenant_id, unnest(%s::text[] COLLATE "C") AS event_id,
+           unnest(%s::text[] COLLATE "C") AS feature, unnest(%s::bigint[]) AS tokens,
+           unnest(%s::bigint[]) AS occurred_ms, unnest(%s::bigint[]) AS received_ms,
+           unnest(%s::bigint[]) AS period_ms
 ), ledger AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
     SELECT tenant_id, event_id, to_timestamp(received_ms / 1000::float8) FROM input
@@ -332,8 +332,9 @@ WITH batch AS (
            %s::bigint[] AS tokens, %s::bigint[] AS occurred, %s::bigint[] AS received
 ), ledger AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
-    SELECT t.tenant_id, t.event_id, to_timestamp(t.received_ms / 1000::float8)
-    FROM batch, unnest(batch.tenants, batch.ids, batch.received) AS t(tenant_id, event_id, received_ms)
+    SELECT tenant_id, event_id, to_timestamp(received_ms / 1000::float8)
+    FROM (SELECT unnest(tenants) AS tenant_id, unnest(ids) AS event_id, unnest(received) AS received_ms
+          FROM batch) AS t  -- in the select list: unnested as read, not stored first (ROWS FROM would)
     RETURNING 1
 ), taken AS (
     SELECT count(*) AS n FROM ledger
