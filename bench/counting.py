@@ -6,10 +6,18 @@ schema (migrations) and server settings, without the API, the worker's loop or a
     .venv/bin/python bench/counting.py                       # 60 batches of 4,000 events
     .venv/bin/python bench/counting.py --setting wal_compression=lz4 --batches 90
     .venv/bin/python bench/counting.py --sql "ALTER TABLE ..."   # a schema change to try before the run
+    .venv/bin/python bench/counting.py --callgrind --batches 20  # instructions instead (valgrind)
 
 A fresh throwaway PostgreSQL each run (under .run/counting-<time>/, deleted afterwards), migrated, with
 a ledger filled to --ledger rows first so its B-tree is not trivially small. Prints the backend's CPU
 per event (median and min over the batches) and the wall time.
+
+On a VM whose speed changes by 2x within minutes, CPU time cannot show a 5 % change. --callgrind counts
+instructions instead, the same on every run: the batches' SQL, as the store sent it, is recorded and
+replayed by a single-user backend (`postgres --single`) under callgrind, on a copy of the cluster as the
+ledger's fill left it; an empty replay's count is taken off. User space only: what the kernel does
+(WAL and page writes) is not counted, and the single-user backend reads its input a character at a
+time (~9 % of the count, the same for the same statements).
 """
 
 from __future__ import annotations
@@ -17,12 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import aiopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
@@ -75,20 +88,27 @@ def batch(run: str, number: int, size: int, now_ms: int) -> list[Event]:
     ]
 
 
+async def fill_ledger(store: Store, args: argparse.Namespace, run: str, now: datetime) -> None:
+    """Batches of new events until the ledger holds `args.ledger` rows, then a checkpoint."""
+    fill, ledger = 0, LedgerInsert()
+    while fill < args.ledger:
+        events = batch(f"{run}fill", fill, args.size, int(now.timestamp() * 1000))
+        await store.write_batch(events, now=now, ledger=ledger)
+        fill += args.size
+    async with store._cursor() as cur:
+        await cur.execute("CHECKPOINT")
+
+
 async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     store = await Store.connect(url, size=1)
     ledger = LedgerInsert()
     run = f"r{int(time.time())}"
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
-    fill = 0
-    while fill < args.ledger:
-        await store.write_batch(batch(f"{run}fill", fill, args.size, now_ms), now=now, ledger=ledger)
-        fill += args.size
+    await fill_ledger(store, args, run, now)
     async with store._cursor() as cur:  # the pool's one connection: the backend that counts
         await cur.execute("SELECT pg_backend_pid()")
         (pid,) = await cur.fetchone()
-        await cur.execute("CHECKPOINT")
     # /proc counts in clock ticks (10 ms, a few per batch): the sum over groups of ten batches
     per_event: list[float] = []
     speed = [float(calibrate(5_000, 3)["min_us"])]
@@ -113,6 +133,68 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+async def record(url: str, args: argparse.Namespace, run: str, now: datetime) -> list[bytes]:
+    """The SQL `args.batches` batches of new events send, as psycopg2 sent it (parameters in place)."""
+    sent: list[bytes] = []
+    execute = aiopg.Cursor.execute
+
+    async def recording(cursor: aiopg.Cursor, operation: str, parameters: Any = None, **kw: Any) -> Any:
+        result = await execute(cursor, operation, parameters, **kw)
+        sent.append(cursor._impl.query)
+        return result
+
+    store = await Store.connect(url, size=1)
+    ledger = LedgerInsert()
+    aiopg.Cursor.execute = recording  # type: ignore[method-assign]
+    try:
+        for number in range(args.batches):
+            events = batch(run, number, args.size, int(now.timestamp() * 1000))
+            await store.write_batch(events, now=now, ledger=ledger)
+    finally:
+        aiopg.Cursor.execute = execute  # type: ignore[method-assign]
+        await store.close()
+    return sent
+
+
+def replay_instructions(servers: LocalStack, snapshot: Path, statements: list[bytes]) -> int:
+    """Instructions a single-user backend runs for `statements` on a copy of `snapshot` (callgrind)."""
+    copy = snapshot.with_name("replay")
+    shutil.rmtree(copy, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(snapshot), str(copy)], check=True)  # owner and modes kept
+    script = b"".join(statement.rstrip().rstrip(b";") + b";\n\n" for statement in statements)  # -j ends
+    command = servers.pg_command(
+        "postgres", "--single", "-j", "-D", str(copy), "flagmeter",
+        wrapper=["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"],
+    )  # fmt: skip
+    done = subprocess.run(command, input=script, capture_output=True, check=True)
+    if b"ERROR:" in done.stdout + done.stderr:
+        raise SystemExit(f"the replay failed:\n{(done.stdout + done.stderr).decode()[-2000:]}")
+    return int(re.findall(rb"Collected : ([0-9]+)", done.stderr)[-1])
+
+
+def count_instructions(servers: LocalStack, args: argparse.Namespace) -> dict[str, float]:
+    """--callgrind: the ledger filled, a copy of the cluster, the batches recorded, then replayed."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind not found: sudo apt-get install -y valgrind")
+    run, now = f"r{int(time.time())}", datetime.now(UTC)
+
+    async def fill() -> None:
+        store = await Store.connect(servers.database_url, size=1)
+        await fill_ledger(store, args, run, now)
+        await store.close()
+
+    asyncio.run(fill())
+    servers.stop_postgres()
+    snapshot = servers.root / "snapshot"
+    subprocess.run(["cp", "-a", str(servers.pg_data), str(snapshot)], check=True)
+    servers.start_postgres()
+    statements = asyncio.run(record(servers.database_url, args, run, now))
+    servers.stop_postgres()
+    nothing = replay_instructions(servers, snapshot, [])
+    counted = replay_instructions(servers, snapshot, statements)
+    return {"backend_instructions_per_event": round((counted - nothing) / (args.batches * args.size))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=60)
@@ -121,6 +203,7 @@ def main() -> int:
     parser.add_argument("--setting", action="append", default=[], help="name=value for postgresql.conf")
     parser.add_argument("--sql", action="append", default=[], help="run after migrating, before the run")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a counting statement to try")
+    parser.add_argument("--callgrind", action="store_true", help="count the backend's instructions instead")
     parser.add_argument("--locale", default=DATABASE_LOCALE, help="the cluster's (default: %(default)s)")
     args = parser.parse_args()
     if args.variant:
@@ -139,7 +222,7 @@ def main() -> int:
         url = servers.database_url
         asyncio.run(migrate(url))
         collation = asyncio.run(_prepare(url, args.sql))
-        result = asyncio.run(measure(url, args))
+        result = count_instructions(servers, args) if args.callgrind else asyncio.run(measure(url, args))
     finally:
         servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)

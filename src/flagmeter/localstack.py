@@ -98,11 +98,14 @@ class LocalStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    def pg_command(self, program: str, *args: str, wrapper: Sequence[str] = ()) -> list[str]:
+        """The command line running one of PostgreSQL's programs as the server's user, under `wrapper`
+        (a profiler's command line, say) when given."""
+        command = [*wrapper, str(_pg_bindir() / program), *args]
+        return ["runuser", "-u", "postgres", "--", *command] if self._as_postgres else command
+
     def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        command = [str(_pg_bindir() / args[0]), *args[1:]]
-        if self._as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, check=check, capture_output=True)
+        return subprocess.run(self.pg_command(*args), check=check, capture_output=True)
 
     def start(self) -> None:
         self.start_postgres()
