@@ -125,6 +125,14 @@ def test_nanosecond_fractions_and_offsets_parse() -> None:
     )
 
 
+def test_a_second_seen_before_parses_with_its_own_fraction_and_offset() -> None:
+    first = parse_timestamp("2031-05-06T07:08:09Z")  # the second is kept: the rest is parsed each time
+    assert parse_timestamp("2031-05-06T07:08:09.5Z") == first + 500
+    assert parse_timestamp("2031-05-06T07:08:09.250-01:30") == first + 250 + 90 * 60_000
+    with pytest.raises(Rejection):
+        parse_timestamp("2031-05-06T07:08:09+24:00")
+
+
 @given(
     st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2199, 12, 31)),
     st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),

@@ -88,18 +88,30 @@ class Rejection(Exception):
         self.message = message
 
 
+# Date and time to the second ("YYYY-MM-DDTHH:MM:SS", as given) → epoch seconds, once each: a batch's
+# events share their seconds, and checking the calendar and converting is most of a parse's cost.
+_EPOCH_SECONDS: dict[str, int] = {}
+_EPOCH_SECONDS_KEPT = 4096
+
+
 def parse_timestamp(raw: Any) -> int:
     """RFC 3339 with an explicit offset → epoch milliseconds (digits past the millisecond dropped)."""
     match = RFC3339.fullmatch(raw) if isinstance(raw, str) else None
     if match is None:
         raise Rejection("invalid_timestamp", "timestamp must be an RFC 3339 date-time with an offset")
-    year, month, day, hour, minute, second, fraction, sign, offset_h, offset_m = match.groups()
-    try:
-        # datetime() checks the calendar (no 30 February); the rest is integer arithmetic.
-        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
-    except ValueError:
-        raise Rejection("invalid_timestamp", f"timestamp {raw!r} is not a valid date-time") from None
-    millis = int(moment.timestamp()) * 1000 + (int(fraction[:3].ljust(3, "0")) if fraction else 0)
+    seconds = _EPOCH_SECONDS.get(raw[:19])
+    if seconds is None:
+        year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
+        try:
+            # datetime() checks the calendar (no 30 February); the rest is integer arithmetic.
+            seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp())
+        except ValueError:
+            raise Rejection("invalid_timestamp", f"timestamp {raw!r} is not a valid date-time") from None
+        if len(_EPOCH_SECONDS) >= _EPOCH_SECONDS_KEPT:
+            _EPOCH_SECONDS.clear()
+        _EPOCH_SECONDS[raw[:19]] = seconds
+    fraction, sign, offset_h, offset_m = match.group(7, 8, 9, 10)
+    millis = seconds * 1000 + (int(fraction[:3].ljust(3, "0")) if fraction else 0)
     if sign is not None:
         if int(offset_h) > 23 or int(offset_m) > 59:
             raise Rejection("invalid_timestamp", f"timestamp {raw!r} has an invalid offset")
