@@ -325,6 +325,31 @@ def test_a_full_batch_of_1000_is_accepted(stack: Stack) -> None:
     stack.wait_used(tenant, 2000)
 
 
+def test_a_batch_of_valid_events_is_stored_as_each_event_said(stack: Stack) -> None:
+    # Judged a field at a time (api/ingest.py): the events' own times, ids and features are what counts.
+    tenant, key = stack.create_tenant(quota=10**9)
+    now = datetime.now(UTC).replace(microsecond=0)
+    batch = [
+        ev(
+            n,
+            f"f{n % 3}",
+            tenant=tenant,
+            timestamp=(now - timedelta(minutes=n)).isoformat(timespec="milliseconds"),
+        )
+        for n in range(1, 13)
+    ]
+    status, body, _ = stack.request("POST", "/v1/events", batch, token=key)
+    assert status == 202 and body["ids"] == [event["id"] for event in batch]
+    stack.wait_used(tenant, sum(range(1, 13)))
+    stored = stack.sql(
+        "SELECT event_id, feature, tokens, occurred_at FROM events WHERE tenant_id = %s", (tenant,)
+    )
+    assert sorted(stored) == sorted(
+        (event["id"], event["feature"], event["tokens"], now - timedelta(minutes=event["tokens"]))
+        for event in batch
+    )
+
+
 def test_rate_limit_answers_429_with_retry_after(stack: Stack) -> None:
     tenant, key = stack.create_tenant()
     api, url = stack.start_api(processes=1, FLAGMETER_RATE_LIMIT="2")
