@@ -195,7 +195,7 @@ def judge_columns(items: list[Any], *, now_ms: int, key_tenant: str) -> Columns 
         given = {name: tuple(map(field, items)) for name, field in optional.items()}
     except KeyError:
         return None
-    if set(map(len, items)) != {len(_REQUIRED_FIELDS) + len(given)}:  # no event has a field the first lacks
+    if set(map(len, items)) != {len(_REQUIRED_FIELDS) + len(given)}:  # each: exactly the first's fields
         return None
     n = len(items)
     if "tenant" in given and given["tenant"].count(key_tenant) != n:
