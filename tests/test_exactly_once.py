@@ -215,33 +215,31 @@ def test_a_starting_worker_counts_once_what_an_older_worker_could_not_read(stack
         api.stop()
 
 
-# Releases a rolling upgrade replaces, each reading fewer forms of entry than the API now writes: the
-# last commit before the columnar stream entries (fdf7548).
-OLDER_WORKERS = {"rows only": "dc013a8c9a7015d6086549e39d86f3897aa392dc"}
+# The last commit before the columnar stream entries (fdf7548): what a rolling upgrade replaces.
+BEFORE_COLUMNS = "dc013a8c9a7015d6086549e39d86f3897aa392dc"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", params=sorted(OLDER_WORKERS))
-def older_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `src/` of an older release, from this repository's history."""
-    commit = OLDER_WORKERS[request.param]
-    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"])
+@pytest.fixture(scope="module")
+def release_before_columns(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `src/` of the release before the columnar entries, from this repository's history."""
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{BEFORE_COLUMNS}^{{commit}}"])
     if known.returncode != 0:
-        pytest.skip(f"commit {commit} is not in this clone (shallow?): cannot run the older worker")
-    root = tmp_path_factory.mktemp("older")
+        pytest.skip(f"commit {BEFORE_COLUMNS} is not in this clone (shallow?): cannot run the older worker")
+    root = tmp_path_factory.mktemp("before-columns")
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit, "src"], capture_output=True, check=True
+        ["git", "-C", str(ROOT), "archive", BEFORE_COLUMNS, "src"], capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     return root / "src"
 
 
 @pytest.mark.slow
-def test_an_upgrade_from_a_worker_that_reads_fewer_forms_loses_and_doubles_nothing(
-    stack: Stack, older_release: Path
+def test_an_upgrade_from_a_worker_that_reads_only_rows_loses_and_doubles_nothing(
+    stack: Stack, release_before_columns: Path
 ) -> None:
-    # The new API beside an older release's worker (run from its own source on the new schema), then
-    # that worker replaced by the new one, as a rolling upgrade does.
+    # The new API beside the previous release's worker (run from its own source on the new schema),
+    # then that worker replaced by the new one, as a rolling upgrade does.
     env = _isolated(stack)
     tenant, key = stack.create_tenant()
     client = redis.Redis.from_url(stack.redis_url)
@@ -250,7 +248,7 @@ def test_an_upgrade_from_a_worker_that_reads_fewer_forms_loses_and_doubles_nothi
     now = int(time.time() * 1000)
     client.xadd(stream, {"e": orjson.dumps([[tenant, "row", "chat", 3, now, now]])})  # an older API's
     api, url = stack.start_api(processes=1, **env)
-    old, _ = stack.start_worker(PYTHONPATH=str(older_release), **env)
+    old, _ = stack.start_worker(PYTHONPATH=str(release_before_columns), **env)
     try:
         stack.wait_used(tenant, 3, base=url)  # the old worker counts rows on the new schema
         for batch in ([ev(5, "a"), ev(2, "b")], [ev(4, "c")], [ev(5, "a")]):  # the last a client's retry
