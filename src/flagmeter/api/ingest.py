@@ -134,7 +134,9 @@ async def _judge(app: web.Application, items: list[Any], key_tenant: str | None)
     existing = await _existing_tenants(app, items, key_tenant)
     now_ms = clock.now_ms()  # received once the admin's tenants are looked up
     accepted: list[Event] = []
-    judged = Judged([], [])
+    settle: list[tuple[str, str]] = []
+    rejected: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for index, raw in enumerate(items):
         try:
@@ -142,20 +144,17 @@ async def _judge(app: web.Application, items: list[Any], key_tenant: str | None)
             reservation = named_reservation(raw)
         except Rejection as rejection:
             metrics.events_rejected.labels(rejection.code).inc()
-            error = {"code": rejection.code, "message": rejection.message}
-            judged.rejected.append({"index": index, "error": error})
+            rejected.append({"index": index, "error": {"code": rejection.code, "message": rejection.message}})
             continue
         # An id repeated within one request is the same event: it counts once (the first), like a retry.
         if (event.tenant, event.id) in seen:
-            judged.duplicates.append({"index": index, "id": event.id})
+            duplicates.append({"index": index, "id": event.id})
             continue
         seen.add((event.tenant, event.id))
         accepted.append(event)
         if reservation is not None:
-            judged.settle.append((event.tenant, reservation))
-    judged.groups = columns(accepted)
-    judged.ids = [event.id for event in accepted]
-    return judged
+            settle.append((event.tenant, reservation))
+    return Judged(columns(accepted), [event.id for event in accepted], settle, rejected, duplicates)
 
 
 async def _existing_tenants(app: web.Application, items: list[Any], key_tenant: str | None) -> set[str]:
