@@ -99,7 +99,8 @@ def parse_timestamp(raw: Any) -> int:
     match = RFC3339.fullmatch(raw) if isinstance(raw, str) else None
     if match is None:
         raise Rejection("invalid_timestamp", "timestamp must be an RFC 3339 date-time with an offset")
-    seconds = _EPOCH_SECONDS.get(raw[:19])
+    to_the_second = raw[:19]
+    seconds = _EPOCH_SECONDS.get(to_the_second)
     if seconds is None:
         year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
         try:
@@ -109,7 +110,7 @@ def parse_timestamp(raw: Any) -> int:
             raise Rejection("invalid_timestamp", f"timestamp {raw!r} is not a valid date-time") from None
         if len(_EPOCH_SECONDS) >= _EPOCH_SECONDS_KEPT:
             _EPOCH_SECONDS.clear()
-        _EPOCH_SECONDS[raw[:19]] = seconds
+        _EPOCH_SECONDS[to_the_second] = seconds
     fraction, sign, offset_h, offset_m = match.group(7, 8, 9, 10)
     millis = seconds * 1000 + (int(fraction[:3].ljust(3, "0")) if fraction else 0)
     if sign is not None:
