@@ -43,7 +43,7 @@ sys.path[0] = str(ROOT)
 from bench.calibrate import calibrate, describe  # noqa: E402
 from bench.stack import COLLATION_SQL, DATABASE_LOCALE  # noqa: E402
 
-from flagmeter.events import Event  # noqa: E402
+from flagmeter.events import Columns, Event, columns  # noqa: E402
 from flagmeter.ledger import LedgerInsert  # noqa: E402
 from flagmeter.localstack import LocalStack  # noqa: E402
 from flagmeter.store import Store, migrate  # noqa: E402
@@ -72,10 +72,10 @@ def backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def batch(run: str, number: int, size: int, now_ms: int) -> list[Event]:
-    """Events shaped like the bench's, ids `<run>-<thread>-<request>-<index>`, a few minutes apart
-    (built outside the timing)."""
-    return [
+def batch(run: str, number: int, size: int, now_ms: int) -> list[Columns]:
+    """Events shaped like the bench's, ids `<run>-<thread>-<request>-<index>`, a few minutes apart, as
+    the stream's columns (built outside the timing)."""
+    events = [
         Event(
             TENANTS[number % len(TENANTS)],
             f"{run}-1-{number}-{i}",
@@ -86,6 +86,7 @@ def batch(run: str, number: int, size: int, now_ms: int) -> list[Event]:
         )
         for i in range(size)
     ]
+    return columns(events)
 
 
 async def fill_ledger(store: Store, args: argparse.Namespace, run: str, now: datetime) -> None:

@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import orjson
 import psycopg2
 
 from flagmeter import launch
+from flagmeter.events import Columns, Event
 from flagmeter.launch import Process, wait_http, wait_until
 from flagmeter.localstack import LocalStack
 
@@ -124,3 +126,14 @@ class Stack(launch.Stack):
             rows = list(cur.fetchall()) if cur.description else []
         conn.close()
         return rows
+
+
+def events_in(groups: Iterable[Columns] | None) -> tuple[Event, ...] | None:
+    """The events a stream entry's groups of columns hold (events.columns made them), in order."""
+    if groups is None:
+        return None
+    return tuple(
+        Event(tenant, event_id, feature, tokens, occurred_ms, received_ms)
+        for tenant, received_ms, ids, features, counts, times in groups
+        for event_id, feature, tokens, occurred_ms in zip(ids, features, counts, times, strict=True)
+    )

@@ -18,7 +18,7 @@ import redis
 
 from flagmeter.events import Event
 from flagmeter.stream import Stream, decode, encode
-from stacklib import Process, Stack, wait_until
+from stacklib import Process, Stack, events_in, wait_until
 
 
 def ev(tokens: int, event_id: str | None = None) -> dict[str, object]:
@@ -336,7 +336,8 @@ async def test_only_the_newest_dead_letters_are_looked_through_and_put_back(own_
     readable = {n: encode([Event("t", f"e{n}", "chat", 1, 0, 0)]) for n in range(0, 2500, 100)}
     _dead_lettered(client, name, [readable.get(n, b"[1]") for n in range(2500)])
     assert await stream.replay_readable(newest=1200) == 12  # 1300 .. 2400, across pages
-    put_back = sorted(event.id for i, f in client.xrange(name) for event in decode(i, f).events or ())
+    entries = [decode(i, f) for i, f in client.xrange(name)]
+    put_back = sorted(event.id for entry in entries for event in events_in(entry.groups) or ())
     assert put_back == [f"e{n}" for n in range(1300, 2500, 100)]
     assert client.xlen(f"{name}:dead") == 2500 - 12
     assert await stream.replay_readable(newest=1200) == 0
@@ -368,7 +369,7 @@ def test_a_request_naming_a_missing_tenant_counts_the_rest_and_sets_aside_only_t
             time.sleep(0.2)
         [(_, fields)] = client.xrange(f"{stream}:dead")
         assert fields[b"reason"] == b"unknown_tenant"
-        assert decode("1-0", fields).events == (Event(*rows[1]),)
+        assert events_in(decode("1-0", fields).groups) == (Event(*rows[1]),)
         assert client.xlen(stream) == 0
         time.sleep(0.5)
         assert stack.usage(tenant, url)["used"] == 7

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from flagmeter.events import Event
+from flagmeter.events import Event, columns
 from flagmeter.ledger import LedgerInsert
 from flagmeter.localstack import LocalStack
 from flagmeter.periods import period_containing
@@ -132,7 +132,8 @@ def test_new_ids_known_ids_and_both_in_one_batch_are_each_counted_once(
         try:
             ledger = LedgerInsert()
             results = [
-                await store.write_batch(batch, now=datetime.now(UTC), ledger=ledger) for batch in batches
+                await store.write_batch(columns(batch), now=datetime.now(UTC), ledger=ledger)
+                for batch in batches
             ]
         finally:
             await store.close()
@@ -165,7 +166,7 @@ def test_workers_counting_overlapping_batches_at_once_count_each_id_once(servers
                 everything += [event for batch in batches for event in batch]
                 results = await asyncio.gather(
                     *(
-                        s.write_batch(b, now=datetime.now(UTC), ledger=ledger)
+                        s.write_batch(columns(b), now=datetime.now(UTC), ledger=ledger)
                         for s, b, ledger in zip(stores, batches, ledgers, strict=True)
                     )
                 )

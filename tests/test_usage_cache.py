@@ -17,7 +17,7 @@ import psycopg2
 from flagmeter.api.usage import UsageCache
 from flagmeter.config import Settings
 from flagmeter.delivery import Courier
-from flagmeter.events import Event
+from flagmeter.events import Event, columns
 from flagmeter.ledger import LedgerInsert
 from flagmeter.localstack import LocalStack
 from flagmeter.store import Store, migrate
@@ -39,13 +39,13 @@ class Parts:
         """The worker counts one request of one event: commit, announce the version, ack."""
         now_ms = int(time.time() * 1000)
         event = Event(TENANT, uuid.uuid4().hex, "chat", tokens, now_ms, now_ms)
-        await self.worker.count([Entry(f"{now_ms}-{random.randint(1, 10**6)}", b"", (event,))])
+        await self.worker.count([Entry(f"{now_ms}-{random.randint(1, 10**6)}", b"", tuple(columns([event])))])
 
     async def commit_only(self, tokens: int) -> None:
         """A batch committed whose version the worker has not announced yet (the moment between)."""
         now_ms = int(time.time() * 1000)
         event = Event(TENANT, uuid.uuid4().hex, "chat", tokens, now_ms, now_ms)
-        await self.store.write_batch([event], now=datetime.now(UTC), ledger=LedgerInsert())
+        await self.store.write_batch(columns([event]), now=datetime.now(UTC), ledger=LedgerInsert())
 
     async def used(self, process: int, now: datetime | None = None) -> int:
         usage = await self.caches[process].current(TENANT, now or datetime.now(UTC))

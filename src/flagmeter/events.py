@@ -54,7 +54,9 @@ class Event(NamedTuple):
 
 # A run of events of one tenant and received time, as columns: a request's events share its received
 # time, and a tenant key's its tenant (one group; several for an admin's batch of several tenants).
-Columns = tuple[str, int, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[int, ...]]
+# (tenant, received_ms, ids, features, tokens, occurred_ms): the API judges a batch into them, the
+# stream carries them, and the worker counts them, with no object per event on the way.
+Columns = tuple[str, int, Sequence[str], Sequence[str], Sequence[int], Sequence[int]]
 
 
 def columns(events: Sequence[Event]) -> list[Columns]:

@@ -11,7 +11,6 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import orjson
@@ -24,7 +23,7 @@ from .appender import APPEND_ENTRY_LUA, MAX_APPEND_BYTES, Appender, RateLimited,
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .events import Columns, Event, all_of_type, columns
-from .quota import tally, tally_columns
+from .quota import tally_columns
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "consumer_name",
     "decode",
     "encode",
+    "encode_columns",
     "on_redis",
 ]
 
@@ -66,12 +66,18 @@ return acked
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry: the events one request had accepted; `events` is None when undecodable."""
+    """One stream entry: the events one request had accepted, as columns (events.Columns), one group per
+    run of one tenant; `groups` is None when the payload is undecodable."""
 
     id: str
     payload: bytes
-    events: tuple[Event, ...] | None
+    groups: tuple[Columns, ...] | None
     deliveries: int = 1
+
+    @property
+    def size(self) -> int:
+        """How many events the entry holds (none when undecodable)."""
+        return sum(len(group[2]) for group in self.groups or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +103,15 @@ class Backlog:
 
 
 def encode(events: Sequence[Event]) -> bytes:
-    return orjson.dumps(columns(events))
+    return encode_columns(columns(events))
+
+
+def encode_columns(groups: Sequence[Columns]) -> bytes:
+    return orjson.dumps(groups)
 
 
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
-    """An entry as read from the stream; its `events` are None when its payload is malformed."""
+    """An entry as read from the stream; its `groups` are None when its payload is malformed."""
     ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     payload = fields.get(b"e", b"")
     try:
@@ -109,18 +119,18 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
         if groups and not isinstance(groups[0], list):
             groups = [groups]  # one bare row
         if groups and type(groups[0][1]) is str:  # rows: the second of a row is an event id
-            events: tuple[Event, ...] | None = _from_rows(groups) or None
+            decoded: tuple[Columns, ...] | None = tuple(columns(_from_rows(groups))) or None
         else:
-            events = _from_columns(groups) or None
+            decoded = _from_columns(groups) or None
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
-        events = None
-    return Entry(ident, payload, events)
+        decoded = None
+    return Entry(ident, payload, decoded)
 
 
-def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
-    """ValueError (or TypeError) on any malformed group. No Python runs per event: an event is built
-    by map() and zip(), the columns' types are checked by set(map(type, ...))."""
-    events: list[Event] = []
+def _from_columns(groups: list[Any]) -> tuple[Columns, ...]:
+    """ValueError (or TypeError) on any malformed group. No Python runs per event: the columns' types
+    are checked by set(map(type, ...)), and the lists JSON gave are kept as they are."""
+    checked: list[Columns] = []
     for group in groups:
         if type(group) is not list or len(group) not in (5, 6):
             raise ValueError("malformed stream group")
@@ -137,9 +147,8 @@ def _from_columns(groups: list[Any]) -> tuple[Event, ...]:
             and n == len(features) == len(tokens) == len(occurred)
         ):
             raise ValueError(f"malformed stream group: {tenant!r}, {received_ms!r}")
-        rows = zip(repeat(tenant, n), ids, features, tokens, occurred, repeat(received_ms, n), strict=True)
-        events.extend(map(tuple.__new__, repeat(Event, n), rows))  # as events.normalise builds one
-    return tuple(events)
+        checked.append((tenant, received_ms, ids, features, tokens, occurred))
+    return tuple(checked)
 
 
 def _column_of(values: Any, kind: type) -> bool:
@@ -253,7 +262,7 @@ class Stream:
         appender.Appender): charged to `tenant`'s request bucket first when given, settling the
         `settle` holds; the answer is how many of those were still held."""
         return await self._appender.append(  # encoded and tallied from the same columns
-            orjson.dumps(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
+            encode_columns(groups), tally_columns(groups), tenant=tenant, rate=rate, settle=settle
         )
 
     # -- consumer side ------------------------------------------------------------------
@@ -306,7 +315,7 @@ class Stream:
             )
             for p in pending
         }
-        return [Entry(e.id, e.payload, e.events, deliveries.get(e.id, 1)) for e in entries]
+        return [Entry(e.id, e.payload, e.groups, deliveries.get(e.id, 1)) for e in entries]
 
     def _ack_call(self, ids: Sequence[str], totals: Sequence[tuple[str, int]], client: Any = None) -> Any:
         keys = [self.name, self.quota_keys.pending, self.quota_keys.counted]
@@ -380,7 +389,7 @@ class Stream:
             scanned += len(page)
             before = "(" + page[-1][0].decode()  # exclusive: older than the page's oldest
             malformed = [decode(i, f) for i, f in page[::-1] if f.get(b"reason") == b"malformed"]
-            moved += await self._put_back([entry for entry in malformed if entry.events])
+            moved += await self._put_back([entry for entry in malformed if entry.groups])
         return moved
 
     async def _put_back(self, entries: Sequence[Entry]) -> int:
@@ -391,7 +400,7 @@ class Stream:
         args: list[str | bytes] = []
         keys = [self.name, self.quota_keys.pending, self.dead_letter]
         for entry in entries:  # decoded dead letters: `id` the dead letter's, to delete
-            args += [entry.id, entry.payload, tally(entry.events or ())]
+            args += [entry.id, entry.payload, tally_columns(entry.groups or ())]
             size += len(entry.payload)
             if size >= MAX_APPEND_BYTES:
                 moved += int(await self._put_back_script(keys=keys, args=args))

@@ -20,7 +20,15 @@ from .delivery import Courier
 from .events import MAX_BATCH
 from .ledger import LedgerInsert
 from .store import BatchResult, Store, StoreUnavailable
-from .stream import TRANSIENT_REDIS_ERRORS, Entry, RedisUnavailable, Stream, consumer_name, encode, on_redis
+from .stream import (
+    TRANSIENT_REDIS_ERRORS,
+    Entry,
+    RedisUnavailable,
+    Stream,
+    consumer_name,
+    encode_columns,
+    on_redis,
+)
 from .usage_versions import UsageVersions
 
 log = logging.getLogger(__name__)
@@ -154,9 +162,9 @@ class Worker:
         started = time.perf_counter()
         metrics.worker_busy.inc()
         try:
-            malformed = [e for e in entries if e.events is None]
+            malformed = [e for e in entries if e.groups is None]
             exhausted = [
-                e for e in entries if e.events is not None and e.deliveries > self.settings.max_deliveries
+                e for e in entries if e.groups is not None and e.deliveries > self.settings.max_deliveries
             ]
             await self.stream.dead_letter_entries(malformed, "malformed")
             await self.stream.dead_letter_entries(exhausted, "max_deliveries")
@@ -165,7 +173,7 @@ class Worker:
                     metrics.dead_letter_total.labels(reason).inc(len(group))
                     log.error("entries dead-lettered", extra={"reason": reason, "count": len(group)})
             live = [
-                e for e in entries if e.events is not None and e.deliveries <= self.settings.max_deliveries
+                e for e in entries if e.groups is not None and e.deliveries <= self.settings.max_deliveries
             ]
             if live:
                 await self._write(live)
@@ -198,7 +206,7 @@ class Worker:
         while True:
             try:
                 return await self.store.write_batch(
-                    [event for e in entries for event in e.events or ()],
+                    [group for e in entries for group in e.groups or ()],
                     now=self.settings.clock.now(),
                     ledger=self.ledger,
                     slack_fallback=bool(self.settings.slack_webhook_url),
@@ -234,7 +242,7 @@ class Worker:
         for tenant, tokens in result.tokens_by_tenant.items():
             metrics.tenant_tokens.labels(tenant).inc(tokens)
         # An entry is one request: its events share the time it was received.
-        oldest = min(e.events[0].received_ms for e in entries if e.events)
+        oldest = min(e.groups[0][1] for e in entries if e.groups)  # the groups' received_ms
         metrics.rollup_lag.set(max(self.settings.clock.now_ms() - oldest, 0) / 1000)
         for alert in result.alerts:
             metrics.alerts_fired.labels(str(alert.threshold)).inc()
@@ -305,7 +313,7 @@ def read_size(batch_size: int, events: int, per_entry: float) -> int:
 
 
 def _events(entries: Sequence[Entry]) -> int:
-    return sum(len(entry.events or ()) for entry in entries)
+    return sum(entry.size for entry in entries)
 
 
 def transactions(entries: Sequence[Entry], limit: int) -> list[list[Entry]]:
@@ -313,7 +321,7 @@ def transactions(entries: Sequence[Entry], limit: int) -> list[list[Entry]]:
     groups: list[list[Entry]] = []
     size = 0
     for entry in entries:
-        n = len(entry.events or ())
+        n = entry.size
         if not groups or size + n > limit:
             groups.append([])
             size = 0
@@ -328,8 +336,8 @@ def _unknown_tenant_parts(entries: Sequence[Entry], unknown_tenants: frozenset[s
         return []
     parts = []
     for entry in entries:
-        events = tuple(event for event in entry.events or () if event.tenant in unknown_tenants)
-        if events:
-            payload = entry.payload if len(events) == len(entry.events or ()) else encode(events)
-            parts.append(Entry(entry.id, payload, events, entry.deliveries))
+        groups = tuple(group for group in entry.groups or () if group[0] in unknown_tenants)
+        if groups:
+            payload = entry.payload if len(groups) == len(entry.groups or ()) else encode_columns(groups)
+            parts.append(Entry(entry.id, payload, groups, entry.deliveries))
     return parts
