@@ -177,6 +177,9 @@ def normalise(
     return _new_event(Event, (tenant, event_id, feature, tokens, occurred_ms, now_ms))
 
 
+# [\x20-\x7e], as `normalise` allows in an id: deleting these leaves nothing of a valid batch's ids (a
+# third of isprintable()'s cost)
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 # A batch `judge_columns` takes whole: every event names these fields, and may give a timestamp and its
 # key's own tenant, the same fields in every event.
 _REQUIRED_FIELDS = (itemgetter("id"), itemgetter("feature"), itemgetter("tokens"))
@@ -208,7 +211,7 @@ def judge_columns(items: list[Any], *, now_ms: int, key_tenant: str) -> Columns 
     ):
         return None
     joined = "".join(ids)  # printable ASCII throughout exactly when every id is
-    if not (joined.isascii() and joined.isprintable()):
+    if not (joined.isascii() and not joined.encode().translate(None, _PRINTABLE_ASCII)):
         return None
     if not (all_of_type(features, str) and all(map(_valid_feature, set(features)))):
         return None
