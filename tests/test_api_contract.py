@@ -166,7 +166,11 @@ def test_duplicate_tenant_is_409(stack: Stack) -> None:
         {"id": "ok", "name": "x", "monthly_quota": "10"},
         {"id": "ok", "name": "x", "monthly_quota": 1, "billing_day": 0},
         {"id": "ok", "name": "x", "monthly_quota": 1, "billing_day": 32},
+        {"id": "ok", "name": "\U000f8c1e \x00\x066", "monthly_quota": 1},  # a fuzzer found: text holds no NUL
+        {"id": "ok", "name": "line\nbreak", "monthly_quota": 1},
         {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "ftp://x"},
+        {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "https://hooks.example.com/a\x00"},
+        {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "https://hooks.example.com/a b"},
         {"id": "ok", "name": "x", "monthly_quota": 1, "surprise": True},
     ],
 )
@@ -195,6 +199,9 @@ def test_get_list_patch_tenant(stack: Stack) -> None:
     )
     assert status == 200 and body["monthly_quota"] == 500 and body["name"] == "Renamed"
     assert stack.request("PATCH", f"/v1/tenants/{tenant}", {"billing_day": 40})[0] == 422
+    for change in ({"name": "nul\x00"}, {"webhook_url": "https://hooks.example.com/\x00"}):
+        assert stack.request("PATCH", f"/v1/tenants/{tenant}", change)[0] == 422, change
+    assert stack.request("GET", f"/v1/tenants/{tenant}")[1]["name"] == "Renamed"
     assert stack.request("PATCH", f"/v1/tenants/{tenant}", {})[0] == 422
     assert stack.request("GET", "/v1/tenants/nobody-here")[0] == 404
     assert stack.request("PATCH", "/v1/tenants/nobody-here", {"name": "x"})[0] == 404
