@@ -17,7 +17,8 @@ instructions instead, the same on every run: the batches' SQL, as the store sent
 replayed by a single-user backend (`postgres --single`) under callgrind, on a copy of the cluster as the
 ledger's fill left it; an empty replay's count is taken off. User space only: what the kernel does
 (WAL and page writes) is not counted, and the single-user backend reads its input a character at a
-time (~9 % of the count, the same for the same statements).
+time (~9 % of the count, the same for the same statements). `--keep DIR` keeps callgrind's two files
+(empty.out, batches.out) for `callgrind_annotate`, to see where the instructions went.
 """
 
 from __future__ import annotations
@@ -157,17 +158,22 @@ async def record(url: str, args: argparse.Namespace, run: str, now: datetime) ->
     return sent
 
 
-def replay_instructions(servers: LocalStack, snapshot: Path, statements: list[bytes]) -> int:
+def replay_instructions(
+    servers: LocalStack, snapshot: Path, statements: list[bytes], out: Path | None
+) -> int:
     """Instructions a single-user backend runs for `statements` on a copy of `snapshot` (callgrind)."""
     copy = snapshot.with_name("replay")
     shutil.rmtree(copy, ignore_errors=True)
     subprocess.run(["cp", "-a", str(snapshot), str(copy)], check=True)  # owner and modes kept
     script = b"".join(statement.rstrip().rstrip(b";") + b";\n\n" for statement in statements)  # -j ends
+    written = copy / "callgrind.out" if out else "/dev/null"  # where the server's user may write
     command = servers.pg_command(
         "postgres", "--single", "-j", "-D", str(copy), "flagmeter",
-        wrapper=["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"],
+        wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={written}"],
     )  # fmt: skip
     done = subprocess.run(command, input=script, capture_output=True, check=True)
+    if out:
+        shutil.copy(written, out)
     if b"ERROR:" in done.stdout + done.stderr:
         raise SystemExit(f"the replay failed:\n{(done.stdout + done.stderr).decode()[-2000:]}")
     return int(re.findall(rb"Collected : ([0-9]+)", done.stderr)[-1])
@@ -191,8 +197,11 @@ def count_instructions(servers: LocalStack, args: argparse.Namespace) -> dict[st
     servers.start_postgres()
     statements = asyncio.run(record(servers.database_url, args, run, now))
     servers.stop_postgres()
-    nothing = replay_instructions(servers, snapshot, [])
-    counted = replay_instructions(servers, snapshot, statements)
+    keep = args.keep.resolve() if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    nothing = replay_instructions(servers, snapshot, [], keep and keep / "empty.out")
+    counted = replay_instructions(servers, snapshot, statements, keep and keep / "batches.out")
     return {"backend_instructions_per_event": round((counted - nothing) / (args.batches * args.size))}
 
 
@@ -205,6 +214,7 @@ def main() -> int:
     parser.add_argument("--sql", action="append", default=[], help="run after migrating, before the run")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a counting statement to try")
     parser.add_argument("--callgrind", action="store_true", help="count the backend's instructions instead")
+    parser.add_argument("--keep", type=Path, help="with --callgrind: keep its files in this directory")
     parser.add_argument("--locale", default=DATABASE_LOCALE, help="the cluster's (default: %(default)s)")
     args = parser.parse_args()
     if args.variant:

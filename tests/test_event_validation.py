@@ -10,6 +10,7 @@ from flagmeter.events import (
     MAX_AGE_MS,
     MAX_AHEAD_MS,
     MAX_ID_LENGTH,
+    TEXT_SEPARATOR,
     Event,
     Rejection,
     columns,
@@ -73,6 +74,10 @@ def test_client_id_and_timestamp_are_kept() -> None:
         ({"feature": {"chat": 1}, "tokens": 1}, "invalid_feature"),
         ({"id": "del\x7f", "feature": "chat", "tokens": 1}, "invalid_id"),
         ({"id": "tab\t", "feature": "chat", "tokens": 1}, "invalid_id"),
+        # the separator the worker joins text columns with (store.base.joined) is in no accepted value
+        ({"id": f"a{TEXT_SEPARATOR}b", "feature": "chat", "tokens": 1}, "invalid_id"),
+        ({"feature": f"a{TEXT_SEPARATOR}b", "tokens": 1}, "invalid_feature"),
+        ({"tenant": f"a{TEXT_SEPARATOR}b", "feature": "chat", "tokens": 1}, "invalid_tenant"),
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-02-30T10:00:00Z"}, "invalid_timestamp"),
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T10:00:60Z"}, "invalid_timestamp"),
         ({"feature": "chat", "tokens": 1, "timestamp": "2025-11-24T24:00:00Z"}, "invalid_timestamp"),

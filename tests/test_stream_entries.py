@@ -99,6 +99,11 @@ def test_entries_of_rows_from_before_the_columns_still_read() -> None:
         b'[["acme",1,["e"],["chat"]]]',  # no tokens
         b'[["acme",1,["e"],["chat"],[5],[1],[1]]]',
         b'[["acme",1.0,["e"],["chat"],[5]]]',
+        # text holding the separator the counting statement splits a column on: no API wrote it
+        b'[["acme",1,["e\\u001ff"],["chat"],[5]]]',
+        b'[["acme",1,["e"],["ch\\u001fat"],[5]]]',
+        b'[["ac\\u001fme",1,["e"],["chat"],[5]]]',
+        b'[["acme","e\\u001ff","chat",5,1,1]]',  # a row
         b"[[]]",
         b"[]",
         b"not json",

@@ -15,6 +15,9 @@ MAX_TOKENS = 10**9
 MAX_AGE_MS = 35 * 24 * 3600 * 1000
 MAX_AHEAD_MS = 5 * 60 * 1000
 MAX_ID_LENGTH = 128
+# The ASCII unit separator: no tenant id, event id or feature may hold it (all are printable ASCII), so
+# a column of them travels to PostgreSQL as one string joined by it (flagmeter.store.base.joined).
+TEXT_SEPARATOR = "\x1f"
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 FEATURE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .appender import APPEND_ENTRY_LUA, MAX_APPEND_BYTES, Appender, RateLimited, RedisUnavailable, on_redis
 from .clock import SYSTEM, Clock
 from .config import Settings
-from .events import Columns, Event, all_of_type, columns
+from .events import TEXT_SEPARATOR, Columns, Event, all_of_type, columns
 from .quota import tally_columns
 from .quota_figures import MAX_MERGE_LUA, TALLY_LUA, QuotaKeys
 
@@ -122,9 +122,18 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
             decoded: tuple[Columns, ...] | None = tuple(columns(_from_rows(groups))) or None
         else:
             decoded = _from_columns(groups) or None
+        if decoded and not all(map(_separable, decoded)):
+            decoded = None
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
         decoded = None
     return Entry(ident, payload, decoded)
+
+
+def _separable(group: Columns) -> bool:
+    """The group's text holds no TEXT_SEPARATOR, which would split a value in two when counted (the API
+    accepts none: an entry that does was not written by it)."""
+    tenant, _, ids, features, _, _ = group
+    return TEXT_SEPARATOR not in tenant + "".join(ids) + "".join(features)
 
 
 def _from_columns(groups: list[Any]) -> tuple[Columns, ...]:

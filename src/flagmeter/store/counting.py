@@ -18,7 +18,7 @@ from ..events import Columns
 from ..ledger import LedgerInsert
 from ..periods import period_containing
 from ..quota import DAY_MS, day_field, day_of
-from .base import Database, int_array, ms_to_datetime, text_array
+from .base import SPLIT_TEXT, Database, int_array, joined, ms_to_datetime, text_array
 from .outbox import decide_alerts
 
 T = TypeVar("T")
@@ -82,9 +82,9 @@ class CountingStore(Database):
             batch = Batch.of(known)
             tenants, event_ids, features, tokens, occurred, received = batch.columns
             columns = (
-                text_array(tenants),
-                text_array(event_ids),
-                text_array(features),
+                joined(tenants),
+                joined(event_ids),
+                joined(features),
                 int_array(tokens),
                 int_array(occurred),
                 int_array(received),
@@ -323,10 +323,10 @@ class Sums:
 # keys, then totals rows, then rollup rows, each in key order, and two workers cannot deadlock.
 #
 # A batch that may hold known ids: the ledger skips them, and only what it took is counted.
-WRITE_BATCH_SQL = """
+WRITE_BATCH_SQL = f"""
 WITH input AS (
-    SELECT unnest(%s::text[] COLLATE "C") AS tenant_id, unnest(%s::text[] COLLATE "C") AS event_id,
-           unnest(%s::text[] COLLATE "C") AS feature, unnest(%s::bigint[]) AS tokens,
+    SELECT unnest({SPLIT_TEXT} COLLATE "C") AS tenant_id, unnest({SPLIT_TEXT} COLLATE "C") AS event_id,
+           unnest({SPLIT_TEXT} COLLATE "C") AS feature, unnest(%s::bigint[]) AS tokens,
            unnest(%s::bigint[]) AS occurred_ms, unnest(%s::bigint[]) AS received_ms,
            unnest(%s::bigint[]) AS period_ms
 ), ledger AS (
@@ -370,9 +370,9 @@ SELECT tenant_id, count(*), coalesce(sum(tokens), 0) FROM counted GROUP BY tenan
 # they are, one row, in the event log (migration 0009). `taken` holds the ledger's count: the
 # main query reads it, so the ledger insert runs first, and the other inserts, waiting on it, follow
 # when the statement ends, as in WRITE_BATCH_SQL.
-WRITE_NEW_BATCH_SQL = """
+WRITE_NEW_BATCH_SQL = f"""
 WITH batch AS (
-    SELECT %s::text[] COLLATE "C" AS tenants, %s::text[] COLLATE "C" AS ids, %s::text[] AS features,
+    SELECT {SPLIT_TEXT} COLLATE "C" AS tenants, {SPLIT_TEXT} COLLATE "C" AS ids, {SPLIT_TEXT} AS features,
            %s::bigint[] AS tokens, %s::bigint[] AS occurred, %s::bigint[] AS received
 ), ledger AS (
     INSERT INTO event_ids (tenant_id, event_id, received_at)
