@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 
 import orjson
 import pytest
 
 from flagmeter.api.ingest import LARGE_BODY
+from flagmeter.events import TENANT_ID, TENANT_NAME
+from flagmeter.keys import KEY_ID
 from stacklib import Stack
 
 
@@ -41,7 +45,7 @@ def assert_nothing_stored(stack: Stack, tenant: str, key: str) -> None:
         ("PATCH", "/v1/tenants/acme"),
         ("GET", "/v1/tenants/acme/keys"),
         ("POST", "/v1/tenants/acme/keys"),
-        ("DELETE", "/v1/tenants/acme/keys/key_x"),
+        ("DELETE", "/v1/tenants/acme/keys/key_0123456789abcdef"),
     ],
 )
 @pytest.mark.parametrize("token", [None, "wrong", "fm_not-a-real-key"])
@@ -61,7 +65,7 @@ def test_missing_or_invalid_token_is_401(stack: Stack, method: str, path: str, t
         ("PATCH", "/v1/tenants/{t}"),
         ("GET", "/v1/tenants/{t}/keys"),
         ("POST", "/v1/tenants/{t}/keys"),
-        ("DELETE", "/v1/tenants/{t}/keys/k"),
+        ("DELETE", "/v1/tenants/{t}/keys/key_0123456789abcdef"),
     ],
 )
 def test_tenant_keys_cannot_use_admin_endpoints(stack: Stack, method: str, path: str) -> None:
@@ -167,8 +171,11 @@ def test_duplicate_tenant_is_409(stack: Stack) -> None:
         {"id": "ok", "name": "x", "monthly_quota": 1, "billing_day": 0},
         {"id": "ok", "name": "x", "monthly_quota": 1, "billing_day": 32},
         {"id": "ok", "name": "\U000f8c1e \x00\x066", "monthly_quota": 1},  # a fuzzer found: text holds no NUL
+        {"id": "ok", "name": "a\x00b", "monthly_quota": 1},
         {"id": "ok", "name": "line\nbreak", "monthly_quota": 1},
+        {"id": "ok", "name": "c1 \x85 control", "monthly_quota": 1},
         {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "ftp://x"},
+        # the test stack allows private webhook hosts, so these reach the URL's own rules, not DNS
         {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "https://hooks.example.com/a\x00"},
         {"id": "ok", "name": "x", "monthly_quota": 1, "slack_webhook_url": "https://hooks.example.com/a b"},
         {"id": "ok", "name": "x", "monthly_quota": 1, "surprise": True},
@@ -202,6 +209,10 @@ def test_get_list_patch_tenant(stack: Stack) -> None:
     for change in ({"name": "nul\x00"}, {"webhook_url": "https://hooks.example.com/\x00"}):
         assert stack.request("PATCH", f"/v1/tenants/{tenant}", change)[0] == 422, change
     assert stack.request("GET", f"/v1/tenants/{tenant}")[1]["name"] == "Renamed"
+    # Names in any script, with the invisible characters they may need (no-break space, joiners, marks)
+    for name in ("Zoë\u00a0GmbH", "\U0001f469\u200d\U0001f4bb Labs", "\u200f\u05e9\u05dc\u05d5\u05dd"):
+        status, body, _ = stack.request("PATCH", f"/v1/tenants/{tenant}", {"name": name})
+        assert status == 200 and body["name"] == name, body
     assert stack.request("PATCH", f"/v1/tenants/{tenant}", {})[0] == 422
     assert stack.request("GET", "/v1/tenants/nobody-here")[0] == 404
     assert stack.request("PATCH", "/v1/tenants/nobody-here", {"name": "x"})[0] == 404
@@ -496,6 +507,43 @@ def test_unknown_route_and_method_are_json_errors(stack: Stack) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body, _ = stack.request("PUT", "/v1/events", {})
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/tenants/a%00b"),
+        ("PATCH", "/v1/tenants/a%00b"),
+        ("GET", "/v1/usage/a%00b"),
+        ("GET", "/v1/tenants/Acme/keys"),
+        ("DELETE", "/v1/tenants/{tenant}/keys/key%00"),
+        ("GET", "/v1/tenants/a%2Fb/alerts"),
+    ],
+)
+def test_a_path_id_of_another_shape_is_404_before_any_handler(stack: Stack, method: str, path: str) -> None:
+    tenant, _ = stack.create_tenant()
+    body = {"name": "x"} if method == "PATCH" else None
+    status, body, _ = stack.request(method, path.format(tenant=tenant), body)
+    assert status == 404 and body["error"]["code"] == "not_found", body
+
+
+def test_the_openapi_documents_the_id_and_name_rules_the_api_applies() -> None:
+    document = orjson.loads((resources.files("flagmeter") / "openapi.json").read_bytes())
+    operations = [op for item in document["paths"].values() for op in item.values()]
+    params = {
+        (p["name"], p["schema"].get("pattern"))
+        for op in operations
+        for p in op.get("parameters", [])
+        if p["in"] == "path"
+    }
+    assert {pattern for name, pattern in params if name == "tenant"} == {f"^{TENANT_ID.pattern}$"}
+    assert {pattern for name, pattern in params if name == "key_id"} == {f"^{KEY_ID}$"}
+    bodies = [document["paths"]["/v1/tenants"]["post"], document["paths"]["/v1/tenants/{tenant}"]["patch"]]
+    for op in bodies:
+        name = op["requestBody"]["content"]["application/json"]["schema"]["properties"]["name"]
+        for code in range(0x300):  # every control character and then some, each in a name
+            text = f"a{chr(code)}b"
+            assert bool(re.fullmatch(name["pattern"], text)) == bool(TENANT_NAME.fullmatch(text)), hex(code)
 
 
 def test_request_id_is_echoed(stack: Stack) -> None:

@@ -104,6 +104,11 @@ def test_entries_of_rows_from_before_the_columns_still_read() -> None:
         b'[["acme",1,["e"],["ch\\u001fat"],[5]]]',
         b'[["ac\\u001fme",1,["e"],["chat"],[5]]]',
         b'[["acme","e\\u001ff","chat",5,1,1]]',  # a row
+        # empty text, which the counting statement's split would read as no value
+        b'[["acme",1,["e",""],["chat","chat"],[5,5]]]',
+        b'[["acme",1,["e"],[""],[5]]]',
+        b'[["",1,["e"],["chat"],[5]]]',
+        b'[["acme","","chat",5,1,1]]',  # a row
         b"[[]]",
         b"[]",
         b"not json",

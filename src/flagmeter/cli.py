@@ -18,7 +18,7 @@ from typing import Any
 from . import logs
 from .admin import seed, thresholds
 from .config import ConfigError, Settings, clock_from_env, database_url_from, log_level_from
-from .events import TENANT_ID
+from .events import TENANT_ID, TENANT_NAME
 from .listen import PortTaken, ensure_free
 from .processes import preload_api, run, serve_api, serve_worker
 from .supervisor import supervise
@@ -145,7 +145,7 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             key_id, key, key_hash = new_key()
             try:
                 await store.create_tenant(
-                    Tenant(args.id, args.name or args.id, args.quota, args.billing_day, None),  # type: ignore[arg-type]
+                    Tenant(args.id, (args.name or args.id).strip(), args.quota, args.billing_day, None),  # type: ignore[arg-type]
                     key_id,
                     key_hash,
                 )
@@ -175,6 +175,9 @@ def cmd_tenant(args: argparse.Namespace) -> int:
         return 2
     if args.id is not None and not TENANT_ID.fullmatch(args.id):
         print("flagmeter: --id must be a slug [a-z0-9][a-z0-9-]{0,62}", file=sys.stderr)
+        return 2
+    if args.name is not None and not TENANT_NAME.fullmatch(args.name.strip()):
+        print("flagmeter: --name must be 1-200 characters without control characters", file=sys.stderr)
         return 2
     if args.quota is not None and args.quota < 0:
         print("flagmeter: --quota must be >= 0", file=sys.stderr)

@@ -20,6 +20,9 @@ MAX_ID_LENGTH = 128
 TEXT_SEPARATOR = "\x1f"
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# A tenant's display name, trimmed: any text but control characters (C0, DEL, C1; PostgreSQL cannot even
+# hold a NUL), 1-200 characters.
+TENANT_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,200}")
 FEATURE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"

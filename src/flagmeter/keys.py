@@ -8,6 +8,9 @@ import secrets
 KEY_PREFIX = "fm_"
 
 
+KEY_ID = r"key_[0-9a-f]{16}"  # what new_key names a key
+
+
 def new_key() -> tuple[str, str, str]:
     """(key id, the key shown once, its hash for storage)."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)

@@ -122,18 +122,23 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
             decoded: tuple[Columns, ...] | None = tuple(columns(_from_rows(groups))) or None
         else:
             decoded = _from_columns(groups) or None
-        if decoded and not all(map(_separable, decoded)):
+        if decoded and not all(map(_countable_text, decoded)):
             decoded = None
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
         decoded = None
     return Entry(ident, payload, decoded)
 
 
-def _separable(group: Columns) -> bool:
-    """The group's text holds no TEXT_SEPARATOR, which would split a value in two when counted (the API
-    accepts none: an entry that does was not written by it)."""
+def _countable_text(group: Columns) -> bool:
+    """No text of the group is empty or holds TEXT_SEPARATOR: the counting statement's split would read
+    either as a value more or less (the API accepts neither: an entry that has one was not written by it)."""
     tenant, _, ids, features, _, _ = group
-    return TEXT_SEPARATOR not in tenant + "".join(ids) + "".join(features)
+    return (
+        all(ids)
+        and all(features)
+        and bool(tenant)
+        and TEXT_SEPARATOR not in tenant + "".join(ids) + "".join(features)
+    )
 
 
 def _from_columns(groups: list[Any]) -> tuple[Columns, ...]:

@@ -28,8 +28,6 @@ def url_shape_problem(url: object, allow_http: bool) -> str | None:
     schemes = {"https", "http"} if allow_http else {"https"}
     if not isinstance(url, str) or len(url) > 2000:
         return "must be a URL of at most 2000 characters"
-    if not url.isprintable() or any(c.isspace() for c in url):
-        return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port

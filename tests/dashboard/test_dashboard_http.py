@@ -324,8 +324,9 @@ def test_the_tenant_page_charts_the_period_and_lists_alerts(stack: Any) -> None:
     assert '<svg class="chart"' in body and "<polyline" in body and "90 of 100" in body
     assert "<td>80 %</td>" in body and "no target configured" in body
     assert 'title="20' in body and "<time" in body  # a readable time, the exact one on hover
-    status, body, _ = _get(stack, "/tenants/no-such-tenant", token=stack.admin_token)
-    assert status == 404 and '<a href="/">' in body
+    for unknown in ("no-such-tenant", "a%00b"):  # the second not even a tenant id
+        status, body, _ = _get(stack, f"/tenants/{unknown}", token=stack.admin_token)
+        assert status == 404 and '<a href="/">' in body, unknown
 
 
 def test_static_assets_are_served_with_their_types(stack: Any) -> None:

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from .. import metrics, probes
 from ..config import Settings
+from ..events import TENANT_ID
+from ..keys import KEY_ID
 from ..store import Store
 from ..stream import Stream
 from . import alert_settings, dashboard, ingest, reservations, tenants, usage
@@ -19,6 +21,11 @@ from .errors import error_middleware
 
 MAX_BODY = 1024 * 1024
 OPENAPI = (resources.files("flagmeter") / "openapi.json").read_bytes()
+# The API's ids in a path are matched by the router: one of another shape (a NUL, say, which PostgreSQL
+# cannot even hold) is a 404 before any handler runs. The dashboard's pages answer their own not-found
+# page instead (dashboard.views._tenant_view).
+TENANT = "{tenant:" + TENANT_ID.pattern + "}"
+KEY = "{key_id:" + KEY_ID + "}"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -33,24 +40,24 @@ def create_app(settings: Settings) -> web.Application:
         [
             web.post("/v1/events", ingest.post_events),
             web.post("/events", ingest.post_events),
-            web.get("/v1/usage/{tenant}", usage.get_usage),
-            web.get("/usage/{tenant}", usage.get_usage),
-            web.get("/v1/usage/{tenant}/series", usage.get_series),
+            web.get(f"/v1/usage/{TENANT}", usage.get_usage),
+            web.get(f"/usage/{TENANT}", usage.get_usage),
+            web.get(f"/v1/usage/{TENANT}/series", usage.get_series),
             # quota checks and reservations (issue 12)
-            web.get("/v1/usage/{tenant}/check", reservations.check),
+            web.get(f"/v1/usage/{TENANT}/check", reservations.check),
             web.post("/v1/reservations", reservations.create_reservation),
             web.get("/v1/reservations", reservations.list_reservations),
             web.delete("/v1/reservations/{id}", reservations.delete_reservation),
             web.post("/v1/tenants", tenants.create_tenant),
             web.get("/v1/tenants", tenants.list_tenants),
-            web.get("/v1/tenants/{tenant}", tenants.get_tenant),
-            web.patch("/v1/tenants/{tenant}", tenants.patch_tenant),
-            web.get("/v1/tenants/{tenant}/keys", tenants.list_keys),
-            web.post("/v1/tenants/{tenant}/keys", tenants.create_key),
-            web.delete("/v1/tenants/{tenant}/keys/{key_id}", tenants.revoke_key),
+            web.get(f"/v1/tenants/{TENANT}", tenants.get_tenant),
+            web.patch(f"/v1/tenants/{TENANT}", tenants.patch_tenant),
+            web.get(f"/v1/tenants/{TENANT}/keys", tenants.list_keys),
+            web.post(f"/v1/tenants/{TENANT}/keys", tenants.create_key),
+            web.delete(f"/v1/tenants/{TENANT}/keys/{KEY}", tenants.revoke_key),
             web.get("/openapi.json", openapi),
             # alerts and the dashboard (issue 3)
-            web.get("/v1/tenants/{tenant}/alerts", alert_settings.list_alerts),
+            web.get(f"/v1/tenants/{TENANT}/alerts", alert_settings.list_alerts),
             web.get("/", dashboard.overview),
             web.post("/login", dashboard.login),
             web.post("/logout", dashboard.logout),

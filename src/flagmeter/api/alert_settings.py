@@ -39,6 +39,9 @@ async def check_url(request: web.Request, field: str, url: object) -> None:
     """422 unless FlagMeter may call `url`: https (or allowed http), a public address."""
     if url is None:
         return
+    if isinstance(url, str) and (not url.isprintable() or " " in url):
+        # When saved, not when called: a URL saved before this rule (a tab urlsplit drops) still works.
+        raise _invalid(f"{field} must not contain spaces or control characters")
     settings = request.app["settings"]
     problem = await url_problem(
         url, allow_http=settings.allow_http_webhooks, allow_private=settings.allow_private_webhooks

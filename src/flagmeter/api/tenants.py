@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..clock import rfc3339
-from ..events import TENANT_ID
+from ..events import TENANT_ID, TENANT_NAME
 from ..keys import new_key
 from ..responses import json_response
 from ..store import ApiKey, Conflict, Tenant
@@ -54,8 +54,8 @@ def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
 def _check_values(body: dict[str, Any]) -> None:
     """Check the name, quota and billing day present (the URLs are checked by alert_settings.check_url)."""
     name = body.get("name", "x")
-    if not isinstance(name, str) or not name.isprintable() or not 1 <= len(name.strip()) <= 200:
-        raise _invalid("name must be printable text of 1-200 characters")
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name.strip()):
+        raise _invalid("name must be 1-200 characters of text without control characters")
     quota = body.get("monthly_quota", 0)
     if type(quota) is not int or not 0 <= quota <= MAX_QUOTA:
         raise _invalid(f"monthly_quota must be an integer from 0 to {MAX_QUOTA}")

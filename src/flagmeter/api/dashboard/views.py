@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from aiohttp import web
 
 from ...clock import rfc3339
+from ...events import TENANT_ID
 from ...responses import json_response
 from ...store import CurrentUsage
 from ...stream import RedisUnavailable
@@ -53,6 +54,8 @@ async def _tenant_view(request: web.Request) -> TenantView | None:
     store = request.app["store"]
     now = request.app["settings"].clock.now()
     tenant_id = request.match_info["tenant"]
+    if not TENANT_ID.fullmatch(tenant_id):
+        return None
     current = (await store.current_usage(now, tenant_id)).get(tenant_id)
     if current is None:
         return None
