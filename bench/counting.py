@@ -166,7 +166,7 @@ def replay_instructions(
     shutil.rmtree(copy, ignore_errors=True)
     subprocess.run(["cp", "-a", str(snapshot), str(copy)], check=True)  # owner and modes kept
     script = b"".join(statement.rstrip().rstrip(b";") + b";\n\n" for statement in statements)  # -j ends
-    written = copy / "callgrind.out" if out else "/dev/null"  # where the server's user may write
+    written = str(copy / "callgrind.out") if out else "/dev/null"  # where the server's user may write
     command = servers.pg_command(
         "postgres", "--single", "-j", "-D", str(copy), "flagmeter",
         wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={written}"],

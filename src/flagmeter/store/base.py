@@ -54,7 +54,7 @@ def ms_to_datetime(moment_ms: int) -> datetime:
 # literal (the counting statement -3.9 % of PostgreSQL's instructions per event), and joining costs the
 # worker a tenth of writing the literal. Only for values that cannot hold the separator (the stream's
 # decode refuses an entry whose text does).
-SPLIT_TEXT = f"string_to_array(%s, chr({ord(TEXT_SEPARATOR)}))"
+SPLIT_TEXT = f"string_to_array(%s, chr({ord(TEXT_SEPARATOR)}))"  # holds a parameter's %s
 
 
 def joined(values: Sequence[str]) -> str:
