@@ -32,6 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,13 +75,23 @@ def backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def batch(run: str, number: int, size: int, now_ms: int) -> list[Columns]:
-    """Events shaped like the bench's, ids `<run>-<thread>-<request>-<index>`, a few minutes apart, as
-    the stream's columns (built outside the timing)."""
+# How the events' ids are made. `sequential`: as the bench's load makes them, `<run>-<thread>-<request>-
+# <index>`, so a batch's new keys land in a few neighbouring leaves of the ledger's B-tree. `uuid4`: as
+# many clients make them, random, so each new key lands in a leaf of its own anywhere in the tree.
+ID_FORMS: dict[str, Callable[[str, int, int], str]] = {
+    "sequential": lambda run, number, i: f"{run}-1-{number}-{i}",
+    "uuid4": lambda _run, _number, _i: str(uuid.uuid4()),
+}
+
+
+def batch(run: str, number: int, size: int, now_ms: int, ids: str) -> list[Columns]:
+    """Events shaped like the bench's, ids as `ids` names (ID_FORMS), a few minutes apart, as the
+    stream's columns (built outside the timing)."""
+    make_id = ID_FORMS[ids]
     events = [
         Event(
             TENANTS[number % len(TENANTS)],
-            f"{run}-1-{number}-{i}",
+            make_id(run, number, i),
             FEATURES[i % len(FEATURES)],
             i % 1000 + 1,
             now_ms - (i % 5) * 60_000,
@@ -94,7 +106,7 @@ async def fill_ledger(store: Store, args: argparse.Namespace, run: str, now: dat
     """Batches of new events until the ledger holds `args.ledger` rows, then a checkpoint."""
     fill, ledger = 0, LedgerInsert()
     while fill < args.ledger:
-        events = batch(f"{run}fill", fill, args.size, int(now.timestamp() * 1000))
+        events = batch(f"{run}fill", fill, args.size, int(now.timestamp() * 1000), args.ids)
         await store.write_batch(events, now=now, ledger=ledger)
         fill += args.size
     async with store._cursor() as cur:
@@ -109,8 +121,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     now_ms = int(now.timestamp() * 1000)
     await fill_ledger(store, args, run, now)
     async with store._cursor() as cur:  # the pool's one connection: the backend that counts
-        await cur.execute("SELECT pg_backend_pid()")
-        (pid,) = await cur.fetchone()
+        await cur.execute("SELECT pg_backend_pid(), pg_current_wal_lsn()")
+        pid, wal_start = await cur.fetchone()
     # /proc counts in clock ticks (10 ms, a few per batch): the sum over groups of ten batches
     per_event: list[float] = []
     speed = [float(calibrate(5_000, 3)["min_us"])]
@@ -118,11 +130,14 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     for group in range(0, args.batches, 10):
         before = backend_cpu_s(pid)
         for number in range(group, min(group + 10, args.batches)):
-            await store.write_batch(batch(run, number, args.size, now_ms), now=now, ledger=ledger)
+            await store.write_batch(batch(run, number, args.size, now_ms, args.ids), now=now, ledger=ledger)
         done = min(group + 10, args.batches) - group
         per_event.append(1e6 * (backend_cpu_s(pid) - before) / (done * args.size))
     wall = time.perf_counter() - started
     speed.append(float(calibrate(5_000, 3)["min_us"]))
+    async with store._cursor() as cur:
+        await cur.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", (wal_start,))
+        (wal_bytes,) = await cur.fetchone()
     await store.close()
     mean = statistics.fmean(per_event)
     return {
@@ -132,6 +147,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
         "backend_per_event_in_loops": round(mean / statistics.fmean(speed), 3),
         "spread": [round(min(per_event), 2), round(max(per_event), 2)],
         "wall_us_per_event": round(1e6 * wall / (args.batches * args.size), 2),
+        "wal_bytes_per_event": round(float(wal_bytes) / (args.batches * args.size)),
     }
 
 
@@ -150,7 +166,7 @@ async def record(url: str, args: argparse.Namespace, run: str, now: datetime) ->
     aiopg.Cursor.execute = recording  # type: ignore[method-assign]
     try:
         for number in range(args.batches):
-            events = batch(run, number, args.size, int(now.timestamp() * 1000))
+            events = batch(run, number, args.size, int(now.timestamp() * 1000), args.ids)
             await store.write_batch(events, now=now, ledger=ledger)
     finally:
         aiopg.Cursor.execute = execute  # type: ignore[method-assign]
@@ -215,6 +231,7 @@ def main() -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a counting statement to try")
     parser.add_argument("--callgrind", action="store_true", help="count the backend's instructions instead")
     parser.add_argument("--keep", type=Path, help="with --callgrind: keep its files in this directory")
+    parser.add_argument("--ids", choices=sorted(ID_FORMS), default="sequential", help="event ids (ID_FORMS)")
     parser.add_argument("--locale", default=DATABASE_LOCALE, help="the cluster's (default: %(default)s)")
     args = parser.parse_args()
     if args.variant:
@@ -237,7 +254,8 @@ def main() -> int:
     finally:
         servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
-    run = {"collation": collation, "settings": args.setting, "sql": args.sql, "variant": args.variant}
+    run = {"collation": collation, "ids": args.ids, "settings": args.setting, "sql": args.sql}
+    run["variant"] = args.variant
     print(run | result)
     return 0
 
