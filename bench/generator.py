@@ -39,6 +39,7 @@ class Load:
     connections: int
     threads: int = 1
     batch: int = 550
+    ids: str = "sequential"  # or "random" (see load.lua's IDS)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def run(load: Load, base_url: str, tenants: list[verify.Tenant], run_id: str) ->
         "SECONDS": str(load.seconds),
         "THREADS": str(load.threads),
         "BATCH": str(load.batch),
+        "IDS": load.ids,
         "RUN": run_id,
         "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
     }

@@ -5,7 +5,10 @@
 --   KIND=post   POST of one event, nothing else (bench/floor.py answers only that)
 -- Settings come from the environment: RATE (requests/s, all threads), SECONDS (the paced window; run
 -- wrk for longer: after the window connections stay idle, so no request is in flight when wrk stops),
--- TENANTS (id=key,...), RUN (unique per run), BATCH, USAGE_EVERY, TOKENS (per single event).
+-- TENANTS (id=key,...), RUN (unique per run), BATCH, USAGE_EVERY, TOKENS (per single event), IDS.
+-- IDS=sequential (batch ids `<run>-<thread>-<request>-<index>`: a request's new keys land side by side in
+-- the ledger's B-tree) or random (each id led by 8 random hex digits, as with UUIDs or the ids the API
+-- makes for events without one: each new key lands in a leaf of its own).
 -- Pacing: each thread hands out send times RATE/threads apart; a connection that finishes takes the
 -- next one and waits for it. A send time more than SLACK_MS past when a connection gets to it is
 -- dropped, as k6 drops an iteration when no VU is free: the generator never catches up in bursts.
@@ -29,6 +32,7 @@ local SECONDS = tonumber(os.getenv("SECONDS") or "10")
 local RUN = os.getenv("RUN") or "run"
 local BATCH = tonumber(os.getenv("BATCH") or "550")
 local USAGE_EVERY = tonumber(os.getenv("USAGE_EVERY") or "5")
+local RANDOM_IDS = (os.getenv("IDS") or "sequential") == "random"
 local TOKENS = tonumber(os.getenv("TOKENS") or "7")
 local THREADS = tonumber(os.getenv("THREADS") or "1") -- wrk tells a thread nothing of its siblings
 local SLACK_MS = 10
@@ -48,6 +52,7 @@ local tenants = {}
 local interval_ms, next_slot, end_slot
 local counter = 0
 local template
+local pieces -- IDS=random: the batch's JSON around its ids, every even piece an id to fill in
 -- what done() reads: sent requests and POSTs, responses by kind, slots dropped
 sent, posts, accepted, reads_ok, refused, other, dropped = 0, 0, 0, 0, 0, 0, 0
 
@@ -74,6 +79,20 @@ local function build_template()
     )
   end
   template = "[" .. table.concat(parts, ",") .. "]"
+  pieces = {}
+  for piece in string.gmatch(template .. "@", "([^@]*)@") do
+    pieces[#pieces + 1] = piece
+    pieces[#pieces + 1] = false
+  end
+  pieces[#pieces] = nil -- after the last piece comes no id
+end
+
+-- The batch with every id led by random hex digits: unique by the rest, spread by the lead.
+local function random_batch(id)
+  for i = 2, #pieces, 2 do
+    pieces[i] = string.format("%08x", math.random(0, 0x7fffffff)) .. "-" .. id
+  end
+  return table.concat(pieces)
 end
 
 function init(args)
@@ -81,6 +100,7 @@ function init(args)
   if KIND == "batch" then
     build_template()
   end
+  math.randomseed(os.time() * 100 + thread_index)
   interval_ms = 1000 * THREADS / RATE
 end
 
@@ -120,7 +140,9 @@ function request()
   posts = posts + 1
   local id = RUN .. "-" .. thread_index .. "-" .. counter
   local body
-  if KIND == "batch" then
+  if KIND == "batch" and RANDOM_IDS then
+    body = random_batch(id)
+  elseif KIND == "batch" then
     body = string.gsub(template, "@", id)
   else
     body = '{"id":"' .. id .. '","feature":"' .. FEATURES[counter % #FEATURES + 1] .. '","tokens":' .. TOKENS .. "}"

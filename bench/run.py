@@ -79,6 +79,7 @@ class Step:
     seconds: int
     connections: int
     reported: bool = True  # False for the warm-up
+    ids: str = "sequential"  # a batch's event ids (load.lua's IDS); the targets are judged on sequential
 
 
 def plan(step_s: int, processes: int) -> list[Step]:
@@ -86,7 +87,11 @@ def plan(step_s: int, processes: int) -> list[Step]:
     warmup = Step("warm-up", "mix", 500, processes, max(5, step_s // 2), 50, reported=False)
     mix = [Step(f"mix-{rate}", "mix", rate, processes, step_s, 200) for rate in MIX_RATES]
     batch = [Step(f"batch-{rate}", "batch", rate, processes, step_s, 64) for rate in BATCH_RATES]
-    return [warmup, *mix, *batch]
+    # The top rate again with random ids, as many clients send them: what the ledger's B-tree and the
+    # WAL's full-page images cost when new keys do not land side by side (reported beside the targets).
+    top = BATCH_RATES[-1]
+    random_ids = Step(f"batch-{top}-random", "batch", top, processes, step_s, 64, ids="random")
+    return [warmup, *mix, *batch, random_ids]
 
 
 def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
@@ -185,7 +190,7 @@ def measure_step(
     probe = LagProbe(stack.api_url, *probe_tenant)
     tenants = fresh_tenants(stack, step.name, stamp)
     recordings = []
-    load = generator.Load(step.kind, step.rate, step.seconds, step.connections, batch=BATCH)
+    load = generator.Load(step.kind, step.rate, step.seconds, step.connections, batch=BATCH, ids=step.ids)
     with ResourceSampler(stack.roles(), stack.cgroups()) as sampler:
         if profile_dir is not None:
             for role in ("api", "worker"):
@@ -208,6 +213,7 @@ def measure_step(
     return {
         "step": step.name,
         "kind": step.kind,
+        "ids": step.ids,
         "api_processes": step.api_processes,
         "seconds": step.seconds,
         "calibration_us": speed["min_us"],
@@ -326,8 +332,10 @@ def table(steps: list[dict[str, Any]]) -> str:
 
 
 def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which steps meet issue 15's targets (the best step of each kind is what counts)."""
+    """Which steps meet issue 15's targets (the best step of each kind is what counts). Batches are judged
+    with the ids the targets were set with (sequential); the random-id step is reported beside them."""
     mix = [s for s in steps if s["kind"] == "mix"]
+    batches = [s for s in steps if s["kind"] == "batch" and s["ids"] == "sequential"]
     cpu_steps = {
         s["step"]: s["cpu_us_per_request"]["service"] for s in mix if s["offered_rps"] == TARGET_CPU_RPS
     }
@@ -337,13 +345,11 @@ def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
         and s["error_rate"] < TARGET_ERROR_RATE and s["dropped_iterations"] == 0 and s["all_counted"]
     ]  # fmt: skip
     batch_ok = [
-        s for s in steps
-        if s["kind"] == "batch" and (s["counted_events_per_s"] or 0) >= TARGET_BATCH_EPS
+        s for s in batches
+        if (s["counted_events_per_s"] or 0) >= TARGET_BATCH_EPS
         and (s["lag"]["p99_ms"] or 1e9) <= TARGET_LAG_P99_MS and s["all_counted"]
     ]  # fmt: skip
-    top_batches = [
-        s for s in steps if s["kind"] == "batch" and s["offered_events_per_s"] >= 0.99 * TARGET_BATCH_EPS
-    ]
+    top_batches = [s for s in batches if s["offered_events_per_s"] >= 0.99 * TARGET_BATCH_EPS]
     batch_cpu = {s["step"]: s["cpu_us_per_event"]["service"] for s in top_batches}
     # memory counts at the target rates, met or not: the mix from the CPU step up, batches from ~100k/s
     at_target = [s for s in mix if s["offered_rps"] >= TARGET_CPU_RPS] + top_batches

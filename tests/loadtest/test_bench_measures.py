@@ -8,6 +8,7 @@ known inputs (the harness itself is run by `make bench`, never by the test suite
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -17,13 +18,16 @@ import tempfile
 import time
 import urllib.request
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench import generator  # noqa: E402
 from bench.lag import percentile  # noqa: E402
 from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
@@ -165,6 +169,55 @@ def test_every_floor_answers_202(mode: str) -> None:
         floor.wait(10)
 
 
+def batches_sent(ids: str) -> list[list[dict[str, object]]]:
+    """The bodies bench/load.lua sends for batches of 30 events with `ids`, as a receiver on 127.0.0.1
+    that answers 202 to each got them."""
+    bodies: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        load = generator.Load("batch", rate=20, seconds=1, connections=2, batch=30, ids=ids)
+        result = generator.run(load, f"http://127.0.0.1:{server.server_port}", [], "idcheck")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.stats["accepted"] == len(bodies) >= 10
+    return [json.loads(body) for body in bodies]
+
+
+@pytest.mark.parametrize("ids", ["sequential", "random"])
+def test_the_load_sends_unique_ids_spread_as_its_ids_setting_says(ids: str) -> None:
+    """Sequential ids share each request's prefix, so a batch's keys sit side by side in the ledger's
+    B-tree; random ones are each led by 8 hex digits of their own. Either way no id repeats in the run
+    (a repeat would be counted once, and the bench's count check would fail)."""
+    batches = batches_sent(ids)
+    every_id = [str(event["id"]) for batch in batches for event in batch]
+    assert all(len(batch) == 30 for batch in batches)
+    assert len(set(every_id)) == len(every_id)
+    for batch in batches:
+        batch_ids = [str(event["id"]) for event in batch]
+        if ids == "sequential":
+            assert len({i.rsplit("-", 1)[0] for i in batch_ids}) == 1  # <run>-<thread>-<request>
+        else:
+            leads = [i.split("-", 1)[0] for i in batch_ids]
+            assert all(re.fullmatch(r"[0-9a-f]{8}", lead) for lead in leads)
+            assert len(set(leads)) >= 28  # 30 draws of 31 bits: a repeat is rare, two almost never
+            assert sorted(batch_ids) != batch_ids  # not side by side in key order
+        assert [event["tokens"] for event in batch] == [i % 1000 + 1 for i in range(30)]
+
+
 def test_the_benchs_cluster_has_the_locale_of_the_postgres_image_it_stands_for() -> None:
     dockerfile = (ROOT / "tests" / "images" / "postgres" / "Dockerfile").read_text()
     [lang] = re.findall(r"^ENV .*\bLANG=(\S+)", dockerfile, re.MULTILINE)
@@ -172,16 +225,17 @@ def test_the_benchs_cluster_has_the_locale_of_the_postgres_image_it_stands_for()
     assert lang == normalised
 
 
-@pytest.mark.parametrize("variant", [None, "no-raw-events"])
-def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None) -> None:
+@pytest.mark.parametrize(("variant", "ids"), [(None, "sequential"), ("no-raw-events", "uuid4")])
+def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None, ids: str) -> None:
     """bench/counting.py (PostgreSQL's share of counting, for A/B of the statement) against the store's
     current signatures: it once went stale for a whole issue, unnoticed, because nothing ran it."""
     command = [sys.executable, str(ROOT / "bench" / "counting.py"), "--batches", "10", "--size", "200"]
-    command += ["--ledger", "400"] + (["--variant", variant] if variant else [])
+    command += ["--ledger", "400", "--ids", ids] + (["--variant", variant] if variant else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = ast.literal_eval(done.stdout.strip().splitlines()[-1])
-    assert result["variant"] == variant
+    assert (result["variant"], result["ids"]) == (variant, ids)
+    assert result["wal_bytes_per_event"] > 100  # a ledger row, a share of the event log's and the totals'
     assert result["collation"] == DATABASE_LOCALE  # the postgres image's, as the bench's own cluster
     assert result["backend_us_per_event"] > 0
     assert result["wall_us_per_event"] >= result["backend_us_per_event"] / 2
