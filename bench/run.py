@@ -251,7 +251,8 @@ def measure_step(
         ),
         "cpu_s": cpu_s,
         "cpu_us_per_request": per_unit(cpu_s, result.completed),
-        "cpu_us_per_event": per_unit(cpu_s, accepted, 2),
+        # per event counted by the end of the drain: a step that outran the worker did only their work
+        "cpu_us_per_event": per_unit(cpu_s, min(accepted, verdict.counted.events), 2),
         "cpu_s_by_process": sampler.processes(),
         "profiles": [str(r.output.relative_to(ROOT)) for r in recordings],
         "load_average_after": os.getloadavg()[0],
@@ -332,8 +333,9 @@ def table(steps: list[dict[str, Any]]) -> str:
 
 
 def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which steps meet issue 15's targets (the best step of each kind is what counts). Batches are judged
-    with the ids the targets were set with (sequential); the random-id step is reported beside them."""
+    """Which steps meet issue 15's targets (the best step of each kind is what counts). Batches' rate, lag
+    and CPU are judged with the ids the targets were set with (sequential); the random-id step is
+    reported beside them, and its memory counts like any step's."""
     mix = [s for s in steps if s["kind"] == "mix"]
     batches = [s for s in steps if s["kind"] == "batch" and s["ids"] == "sequential"]
     cpu_steps = {
@@ -351,8 +353,11 @@ def against_targets(steps: list[dict[str, Any]]) -> dict[str, Any]:
     ]  # fmt: skip
     top_batches = [s for s in batches if s["offered_events_per_s"] >= 0.99 * TARGET_BATCH_EPS]
     batch_cpu = {s["step"]: s["cpu_us_per_event"]["service"] for s in top_batches}
-    # memory counts at the target rates, met or not: the mix from the CPU step up, batches from ~100k/s
-    at_target = [s for s in mix if s["offered_rps"] >= TARGET_CPU_RPS] + top_batches
+    # memory counts at the target rates, met or not, whatever the ids: the mix from the CPU step up,
+    # batches from ~100k/s
+    at_target = [s for s in mix if s["offered_rps"] >= TARGET_CPU_RPS] + [
+        s for s in steps if s["kind"] == "batch" and s["offered_events_per_s"] >= 0.99 * TARGET_BATCH_EPS
+    ]
     return {
         "service_us_per_request_at_1500": cpu_steps,
         "service_490us_per_request_at_1500": bool(cpu_steps)

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import generator  # noqa: E402
-from bench.lag import percentile  # noqa: E402
+from bench.lag import GIVE_UP_S, LagProbe, percentile  # noqa: E402
 from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
-from bench.run import FLOOR_MODES  # noqa: E402
+from bench.run import FLOOR_MODES, against_targets  # noqa: E402
 from bench.stack import DATABASE_LOCALE, production_postgres_settings, sql_value, warm_wal  # noqa: E402
 
 from flagmeter.localstack import LocalStack, free_port  # noqa: E402
@@ -50,6 +50,41 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(samples, 100) == 100.0
     assert percentile([7.0], 99) == 7.0
     assert percentile([], 99) is None
+
+
+def test_a_lost_probe_counts_in_the_lag_as_long_as_it_was_waited_for() -> None:
+    """Probes given up on after GIVE_UP_S are the slowest: leaving them out showed a backlogged step's
+    lag p99 as 4.6 s when 4 of its 14 probes had waited over 10 s."""
+    probe = LagProbe("http://127.0.0.1:1", "t", "k", lags_s=[0.2] * 10, lost=4)
+    summary = probe.summary()
+    assert summary["samples"] == 10 and summary["lost"] == 4
+    assert summary["p50_ms"] == 200.0
+    assert summary["p99_ms"] == summary["max_ms"] == GIVE_UP_S * 1000
+
+
+def batch_step(name: str, ids: str, *, service_us: float, pss_mb: float) -> dict[str, object]:
+    """A batch step's result as bench/run.py writes it, at ~100,000 events/s, all counted in time."""
+    return {
+        "step": name, "kind": "batch", "ids": ids, "offered_events_per_s": 100_100,
+        "counted_events_per_s": 100_100.0, "lag": {"p99_ms": 900.0}, "all_counted": True,
+        "cpu_us_per_event": {"service": service_us}, "peak_pss_mb": {"api_plus_worker": pss_mb},
+        "peak_cgroup_mb": {"api_plus_worker": None},
+    }  # fmt: skip
+
+
+def test_batch_targets_are_judged_on_sequential_ids_and_memory_on_every_step() -> None:
+    """The random-id step is reported beside the rate, lag and CPU targets (set with sequential ids),
+    but memory at 100,000 events/s counts whatever the ids."""
+    steps = [
+        batch_step("batch-182", "sequential", service_us=13.5, pss_mb=149.0),
+        batch_step("batch-182-random", "random", service_us=22.0, pss_mb=153.4),
+    ]
+    verdict = against_targets(steps)
+    assert verdict["service_us_per_event_at_100k"] == {"batch-182": 13.5}
+    assert verdict["service_14us_per_event_at_100k"] is True
+    assert verdict["batch_100k_counted_lag_2s"] == ["batch-182"]
+    assert verdict["pss_150mb_at_target_steps"] == {"batch-182": 149.0, "batch-182-random": 153.4}
+    assert verdict["pss_150mb_met"] is False
 
 
 def test_process_tree_follows_grandchildren() -> None:
@@ -197,25 +232,34 @@ def batches_sent(ids: str) -> list[list[dict[str, object]]]:
     return [json.loads(body) for body in bodies]
 
 
-@pytest.mark.parametrize("ids", ["sequential", "random"])
-def test_the_load_sends_unique_ids_spread_as_its_ids_setting_says(ids: str) -> None:
-    """Sequential ids share each request's prefix, so a batch's keys sit side by side in the ledger's
-    B-tree; random ones are each led by 8 hex digits of their own. Either way no id repeats in the run
-    (a repeat would be counted once, and the bench's count check would fail)."""
-    batches = batches_sent(ids)
+def test_sequential_ids_keep_a_requests_events_side_by_side() -> None:
+    """`<run>-<thread>-<request>-<index>`: one prefix per request, no id repeated in the run (a repeat
+    is counted once, and the bench's count check would fail)."""
+    batches = batches_sent("sequential")
     every_id = [str(event["id"]) for batch in batches for event in batch]
-    assert all(len(batch) == 30 for batch in batches)
     assert len(set(every_id)) == len(every_id)
     for batch in batches:
-        batch_ids = [str(event["id"]) for event in batch]
-        if ids == "sequential":
-            assert len({i.rsplit("-", 1)[0] for i in batch_ids}) == 1  # <run>-<thread>-<request>
-        else:
-            leads = [i.split("-", 1)[0] for i in batch_ids]
-            assert all(re.fullmatch(r"[0-9a-f]{8}", lead) for lead in leads)
-            assert len(set(leads)) >= 28  # 30 draws of 31 bits: a repeat is rare, two almost never
-            assert sorted(batch_ids) != batch_ids  # not side by side in key order
+        assert len(batch) == 30
+        assert len({str(event["id"]).rsplit("-", 1)[0] for event in batch}) == 1
         assert [event["tokens"] for event in batch] == [i % 1000 + 1 for i in range(30)]
+
+
+def test_random_ids_lead_each_event_with_hex_digits_of_its_own() -> None:
+    """IDS=random: every id led by 8 hex digits drawn for it, so neither a request's ids nor the run's
+    sort side by side, and still no id repeats."""
+    batches = batches_sent("random")
+    every_id = [str(event["id"]) for batch in batches for event in batch]
+    leads = [i.split("-", 1)[0] for i in every_id]
+    assert len(set(every_id)) == len(every_id)
+    assert all(re.fullmatch(r"[0-9a-f]{8}", lead) for lead in leads)
+    # ~600 draws of 31 bits: one repeat has odds of ~1 in 12,000, two almost none; a seed drawn again
+    # per request would repeat each lead in every batch
+    assert len(set(leads)) >= len(leads) - 1
+    for batch in batches:
+        assert len(batch) == 30
+        assert [event["tokens"] for event in batch] == [i % 1000 + 1 for i in range(30)]
+        batch_ids = [str(event["id"]) for event in batch]
+        assert sorted(batch_ids) != batch_ids
 
 
 def test_the_benchs_cluster_has_the_locale_of_the_postgres_image_it_stands_for() -> None:
