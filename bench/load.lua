@@ -7,8 +7,8 @@
 -- wrk for longer: after the window connections stay idle, so no request is in flight when wrk stops),
 -- TENANTS (id=key,...), RUN (unique per run), BATCH, USAGE_EVERY, TOKENS (per single event), IDS.
 -- IDS=sequential (batch ids `<run>-<thread>-<request>-<index>`: a request's new keys land side by side in
--- the ledger's B-tree) or random (each id led by 8 random hex digits, as with UUIDs or the ids the API
--- makes for events without one: each new key lands in a leaf of its own).
+-- the ledger's B-tree) or random (each id led by 8 hex digits drawn for it, as random UUIDs spread
+-- their keys: each new key lands in a leaf of its own).
 -- Pacing: each thread hands out send times RATE/threads apart; a connection that finishes takes the
 -- next one and waits for it. A send time more than SLACK_MS past when a connection gets to it is
 -- dropped, as k6 drops an iteration when no VU is free: the generator never catches up in bursts.

@@ -133,7 +133,7 @@ def time_ordered_id(now_ms: int) -> str:
     """An id for an event sent without one: its receipt's millisecond (12 hex digits), then 80 random
     bits, in UUIDv7's order. Ids made close in time sort side by side, so the ledger's B-tree takes them
     in a few leaves; a random id lands in a leaf of its own anywhere in the tree, which cost PostgreSQL
-    about half as much again per event in the bench (docs/performance.md, issue 15's twelfth pass)."""
+    1.7 times the CPU per event in the bench (docs/performance.md, issue 15's twelfth pass)."""
     return f"{now_ms:012x}{os.urandom(10).hex()}"
 
 
