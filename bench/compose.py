@@ -11,6 +11,7 @@ and that less its inactive page cache, the working set `docker stats` shows.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,6 +89,17 @@ def running_compose_stack(run_dir: Path, api_processes: int) -> Iterator[Deploye
     prepare_images(run_dir / "build")
     run_dir.mkdir(parents=True, exist_ok=True)
     extra = {"FLAGMETER_API_PROCESSES": str(api_processes)}
-    with deploy_support.running_stack((PRODUCTION_FILE,), run_dir, extra_env=extra) as stack:
-        pids = {role: _container_pid(stack, service) for role, service in SERVICES.items()}
-        yield DeployedStack(stack, api_processes, pids)
+    try:
+        with deploy_support.running_stack((PRODUCTION_FILE,), run_dir, extra_env=extra) as stack:
+            pids = {role: _container_pid(stack, service) for role, service in SERVICES.items()}
+            yield DeployedStack(stack, api_processes, pids)
+    finally:
+        # The cluster is throwaway, as the local stack's is (~4 GB after a full run); its files belong to
+        # the container's postgres user, which only root may delete.
+        pg_data = run_dir / "flagmeter-pg"
+        try:
+            shutil.rmtree(pg_data)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            print(f"[bench] the compose stack's cluster is left in {pg_data}", file=sys.stderr)
