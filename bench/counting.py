@@ -254,8 +254,13 @@ def main() -> int:
     finally:
         servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
-    run = {"collation": collation, "ids": args.ids}
-    run |= {"settings": args.setting, "sql": args.sql, "variant": args.variant}
+    run = {
+        "collation": collation,
+        "ids": args.ids,
+        "settings": args.setting,
+        "sql": args.sql,
+        "variant": args.variant,
+    }
     print(run | result)
     return 0
 
