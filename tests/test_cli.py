@@ -160,8 +160,11 @@ def _listening(api: Process) -> set[int]:
 
 
 def test_the_api_supervisor_replaces_a_process_that_dies_and_keeps_serving(stack: Stack) -> None:
-    api, url = stack.start_api(processes=2)
+    tmp = stack.workdir / f"tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    api, url = stack.start_api(processes=2, TMPDIR=str(tmp))
     try:
+        assert len(list(tmp.glob("flagmeter-metrics-*"))) == 1  # the processes' metric files
         # /health answered once one process listens; the other may still be importing the app.
         wait_until(
             lambda: len(_children(api.popen.pid)) == 2 and _listening(api) >= _children(api.popen.pid),
@@ -188,3 +191,4 @@ def test_the_api_supervisor_replaces_a_process_that_dies_and_keeps_serving(stack
         assert status == 200
     finally:
         assert api.stop() == 0
+    assert not list(tmp.iterdir()), "the supervisor left its metric files behind"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -70,9 +71,17 @@ def cmd_api(args: argparse.Namespace) -> int:
             return 0
     except PortTaken as error:
         return _port_taken(error)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="flagmeter-metrics-"))
+    # The processes' metric files: a directory of this run's own unless the environment names one,
+    # removed when the supervisor stops so that restarts do not pile them up in /tmp.
+    made: str | None = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flagmeter-metrics-")
     preload_api()  # before the fork: the processes share the libraries' pages
-    return supervise(processes, lambda: run(serve_api(settings, reuse_port=True)))
+    try:
+        return supervise(processes, lambda: run(serve_api(settings, reuse_port=True)))
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 # -- worker ---------------------------------------------------------------------------------
