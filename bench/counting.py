@@ -10,7 +10,8 @@ schema (migrations) and server settings, without the API, the worker's loop or a
 
 A fresh throwaway PostgreSQL each run (under .run/counting-<time>/, deleted afterwards), migrated, with
 a ledger filled to --ledger rows first so its B-tree is not trivially small. Prints the backend's CPU
-per event (median and min over the batches) and the wall time.
+per event (median and min over the batches), the wall time, the WAL written per event and what each
+event counted takes on disk (the ledger's rows and indexes, the event log's compressed arrays).
 
 On a VM whose speed changes by 2x within minutes, CPU time cannot show a 5 % change. --callgrind counts
 instructions instead, the same on every run: the batches' SQL, as the store sent it, is recorded and
@@ -138,6 +139,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     async with store._cursor() as cur:
         await cur.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", (wal_start,))
         (wal_bytes,) = await cur.fetchone()
+        await cur.execute(STORED_SQL)
+        stored = await cur.fetchone()
     await store.close()
     mean = statistics.fmean(per_event)
     return {
@@ -148,7 +151,21 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
         "spread": [round(min(per_event), 2), round(max(per_event), 2)],
         "wall_us_per_event": round(1e6 * wall / (args.batches * args.size), 2),
         "wal_bytes_per_event": round(float(wal_bytes) / (args.batches * args.size)),
+        "disk_bytes_per_event": stored_per_event(*stored),
     }
+
+
+# What the events counted so far (the fill's and the batches') take on disk: the dedup ledger (heap and
+# indexes) and the event log's partitions (arrays compressed out of line, their TOAST included).
+STORED_SQL = """
+SELECT pg_total_relation_size('event_ids'),
+       (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('event_log')),
+       (SELECT count(*) FROM event_ids)
+"""
+
+
+def stored_per_event(ledger: int, log: int, events: int) -> dict[str, int]:
+    return {"ledger": round(ledger / events), "event_log": round(int(log) / events)}
 
 
 async def record(url: str, args: argparse.Namespace, run: str, now: datetime) -> list[bytes]:

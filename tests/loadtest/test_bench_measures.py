@@ -280,6 +280,9 @@ def test_counting_bench_runs_and_reports_the_backends_cost(variant: str | None, 
     result = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert (result["variant"], result["ids"]) == (variant, ids)
     assert result["wal_bytes_per_event"] > 100  # a ledger row, a share of the event log's and the totals'
+    stored = result["disk_bytes_per_event"]
+    assert stored["ledger"] > 40  # a heap tuple and an index entry of the (id, tenant) key at least
+    assert stored["event_log"] > 0
     assert result["collation"] == DATABASE_LOCALE  # the postgres image's, as the bench's own cluster
     assert result["backend_us_per_event"] > 0
     assert result["wall_us_per_event"] >= result["backend_us_per_event"] / 2
