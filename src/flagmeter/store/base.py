@@ -78,6 +78,14 @@ def int_array(values: Sequence[int]) -> str:
         return "{" + ",".join(map(str, values)) + "}"
 
 
+async def _roll_back(cur: Any) -> None:
+    """ROLLBACK after a failure; a connection that cannot take it is gone, and the pool drops it."""
+    try:
+        await cur.execute("ROLLBACK")
+    except (psycopg2.Error, OSError, RuntimeError):
+        pass
+
+
 class Database:
     """One aiopg pool; the aggregates' SQL (the Store's other bases) runs through `_cursor`."""
 
@@ -103,12 +111,22 @@ class Database:
         return int(self._pool.size)
 
     @asynccontextmanager
-    async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+    async def _cursor(self, *, transaction: bool = False, begun: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection's cursor. With `transaction` the block runs in one transaction (aiopg
+        sends BEGIN); with `begun` the block's first statement opens it (`BEGIN; SELECT ...`, a round
+        trip less). Either way it is committed when the block ends and rolled back when it raises."""
         try:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
                 if transaction:
                     async with cur.begin():
                         yield cur
+                elif begun:
+                    try:
+                        yield cur
+                    except BaseException:
+                        await _roll_back(cur)
+                        raise
+                    await cur.execute("COMMIT")
                 else:
                     yield cur
         except (psycopg2.Error, OSError, TimeoutError, RuntimeError) as error:

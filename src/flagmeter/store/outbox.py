@@ -13,8 +13,6 @@ from ..alerts import Alert, crossed_thresholds, delivery_targets
 from ..periods import period_containing
 from .base import Database
 
-ALERT_LOCK = 0x466D416C  # "FmAl": advisory lock namespace, one key per tenant
-
 
 @dataclass(frozen=True, slots=True)
 class AlertSettings:
@@ -92,28 +90,27 @@ async def apply_alert_settings(cur: Any, tenant_id: str, change: AlertSettingsCh
         )
 
 
-async def decide_alerts(cur: Any, tenant_ids: list[str], now: datetime, slack_fallback: bool) -> list[Alert]:
-    """Inside the batch transaction: record every newly crossed threshold of the current period.
+# A tenant as decide_alerts reads it: id, name, quota, billing day, thresholds, and whether it has an
+# enabled Slack webhook and an enabled alert webhook.
+ALERT_TENANT_COLUMNS = (
+    "t.id, t.name, t.monthly_quota, t.billing_day, t.alert_thresholds,"
+    " EXISTS (SELECT 1 FROM slack_webhooks s WHERE s.tenant_id = t.id AND s.enabled),"
+    " EXISTS (SELECT 1 FROM alert_webhooks w WHERE w.tenant_id = t.id AND w.enabled)"
+)
 
-    A per-tenant advisory lock (taken in key order, so never a deadlock) makes concurrent batches
-    of one tenant decide one after the other, each seeing the other's committed totals; the
-    unique (tenant, period_start, threshold) row makes the decision once-only for good.
+
+async def decide_alerts(
+    cur: Any, counted: Sequence[tuple[Any, ...]], now: datetime, slack_fallback: bool
+) -> list[Alert]:
+    """Inside the batch transaction: record every newly crossed threshold of the current period for
+    the `counted` tenants (rows of ALERT_TENANT_COLUMNS, read in the same transaction).
+
+    The caller holds each tenant's row lock (the usage version's bump) until it commits, so concurrent
+    batches of one tenant decide one after the other, each seeing the other's committed totals (the
+    totals are read here, in a statement after the lock); the unique (tenant, period_start, threshold)
+    row makes the decision once-only for good.
     """
-    if not tenant_ids:
-        return []
-    await cur.execute(
-        "SELECT pg_advisory_xact_lock(%s, h) FROM"
-        " (SELECT DISTINCT hashtext(id) AS h FROM unnest(%s::text[]) AS id ORDER BY h) AS keys",
-        (ALERT_LOCK, tenant_ids),
-    )
-    await cur.execute(
-        "SELECT t.id, t.name, t.monthly_quota, t.billing_day, t.alert_thresholds,"
-        " EXISTS (SELECT 1 FROM slack_webhooks s WHERE s.tenant_id = t.id AND s.enabled),"
-        " EXISTS (SELECT 1 FROM alert_webhooks w WHERE w.tenant_id = t.id AND w.enabled)"
-        " FROM tenants t WHERE t.id = ANY(%s) AND cardinality(t.alert_thresholds) > 0",
-        (tenant_ids,),
-    )
-    tenants = {row[0]: row for row in await cur.fetchall()}
+    tenants = {row[0]: row for row in counted if row[4]}  # those with thresholds
     if not tenants:
         return []
     periods = {tid: period_containing(now, row[3]) for tid, row in tenants.items()}
