@@ -98,18 +98,18 @@ class CountingStore(Database):
                 period_ms, days = _periods_and_days(tenants, occurred, billing_days)
                 await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms), now))
                 rows = await cur.fetchall()
-            # Read in a statement of its own: its snapshot holds any batch this one waited for on the
-            # ledger, so the totals include every event of these entries, counted here or before.
             await cur.execute(
-                "SELECT d.tenant_id, d.day::text, d.tokens FROM daily_totals d"
-                " JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)",
-                (text_array([t for t, _ in days]), text_array([d for _, d in days])),
+                BUMP_VERSIONS_READ_DAILY_SQL,
+                (sorted(billing_days), text_array([t for t, _ in days]), text_array([d for _, d in days])),
             )
-            daily = tuple((day_field(t, d), int(n)) for t, d, n in await cur.fetchall())
-            # Every known tenant of the batch, counted or not: a batch counted before a crash left the
-            # versions in Redis behind; counted again (all duplicates), it brings them up to date.
-            await cur.execute(BUMP_USAGE_VERSIONS_SQL, (sorted(billing_days),))
-            versions = {tenant: int(version) for tenant, version in await cur.fetchall()}
+            versions: dict[str, int] = {}
+            daily_totals: list[tuple[str, int]] = []
+            for kind, tenant, day, number in await cur.fetchall():
+                if kind == "v":
+                    versions[tenant] = int(number)
+                else:
+                    daily_totals.append((day_field(tenant, day), int(number)))
+            daily = tuple(daily_totals)
             # The versions' row locks, held to the commit, make concurrent batches of a tenant decide
             # its alerts one after the other.
             alerts = await decide_alerts(cur, [tenant_rows[r[0]] for r in rows], now, slack_fallback)
@@ -425,11 +425,21 @@ SELECT {ALERT_TENANT_COLUMNS} FROM tenants t WHERE t.id = ANY(%s) FOR KEY SHARE 
 """
 
 
-# After the counting statement, in its transaction. Row locks in id order: concurrent batches of
-# overlapping tenants wait for each other here, never in a cycle.
-BUMP_USAGE_VERSIONS_SQL = """
-UPDATE tenants t SET usage_version = t.usage_version + 1
-FROM (SELECT id FROM tenants WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE) AS locked
-WHERE t.id = locked.id
-RETURNING t.id, t.usage_version
+# After the counting statement, in its transaction, one statement: its snapshot holds any batch this one
+# waited for on the ledger, so the daily totals read ('d' rows) include every event of these entries,
+# counted here or before. The usage versions ('v' rows) are bumped for every known tenant of the batch,
+# counted or not: a batch counted before a crash left the versions in Redis behind; counted again (all
+# duplicates), it brings them up to date. Their row locks, in id order, are held to the commit:
+# concurrent batches of overlapping tenants wait for each other here, never in a cycle.
+BUMP_VERSIONS_READ_DAILY_SQL = """
+WITH bumped AS (
+    UPDATE tenants t SET usage_version = t.usage_version + 1
+    FROM (SELECT id FROM tenants WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE) AS locked
+    WHERE t.id = locked.id
+    RETURNING t.id, t.usage_version
+)
+SELECT 'v', id, NULL, usage_version FROM bumped
+UNION ALL
+SELECT 'd', d.tenant_id, d.day::text, d.tokens FROM daily_totals d
+JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)
 """
