@@ -199,3 +199,50 @@ def test_the_counting_keys_compare_as_bytes_on_a_database_of_a_language_order(se
     conn.close()
     assert len(collations) == 7
     assert set(collations.values()) == {"C"}, collations
+
+
+def test_a_batch_waiting_on_another_batch_of_its_tenant_decides_alerts_on_what_that_one_committed(
+    servers: LocalStack,
+) -> None:
+    """Two batches of one tenant, on different features (so no total row of one is the other's): the
+    later waits for the earlier's row lock (its usage version's bump), then decides its alerts on the
+    totals and the alert settings the earlier committed. Together they cross 80 % of the quota; alone,
+    neither does."""
+    url = _database(servers)
+    now = datetime.now(UTC)
+    period = period_containing(now, 1)
+    earlier = psycopg2.connect(url)  # stands for a batch that has counted and holds the tenant's lock
+    with earlier.cursor() as cur:
+        cur.execute("INSERT INTO tenants (id, name, monthly_quota) VALUES ('alerting', 'alerting', 1000)")
+        earlier.commit()
+        cur.execute(
+            "INSERT INTO period_totals (tenant_id, period_start, feature, tokens, events)"
+            " VALUES ('alerting', %s, 'embed', 500, 1)",
+            (period.start,),
+        )
+        cur.execute(
+            "INSERT INTO alert_webhooks (tenant_id, url, secret) VALUES ('alerting', 'https://a.test', 's')"
+        )
+        cur.execute("UPDATE tenants SET usage_version = usage_version + 1 WHERE id = 'alerting'")
+
+    async def run() -> tuple[int, ...]:
+        store = await Store.connect(url, size=1)
+        try:
+            now_ms = int(now.timestamp() * 1000)
+            batch = columns([Event("alerting", uuid.uuid4().hex, "chat", 400, now_ms, now_ms)])
+            later = asyncio.create_task(store.write_batch(batch, now=now, ledger=LedgerInsert()))
+            await asyncio.sleep(1.0)
+            assert not later.done()  # waiting for the earlier batch's lock
+            earlier.commit()
+            result = await asyncio.wait_for(later, 10)
+            return tuple(alert.threshold for alert in result.alerts)
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(run()) == (80,)
+        with earlier.cursor() as cur:
+            cur.execute("SELECT d.target FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id")
+            assert [row[0] for row in cur.fetchall()] == ["webhook"]  # the settings committed before
+    finally:
+        earlier.close()

@@ -19,7 +19,7 @@ from ..ledger import LedgerInsert
 from ..periods import period_containing
 from ..quota import DAY_MS, day_field, day_of
 from .base import SPLIT_TEXT, Database, int_array, joined, ms_to_datetime, text_array
-from .outbox import ALERT_TENANT_COLUMNS, decide_alerts
+from .outbox import decide_alerts
 
 T = TypeVar("T")
 PARTITION = re.compile(r"event_log_(?P<year>[0-9]{4})_(?P<month>[0-9]{2})")
@@ -71,8 +71,7 @@ class CountingStore(Database):
         tenant_ids = sorted({group[0] for group in groups})
         async with self._cursor(begun=True) as cur:
             await cur.execute(BEGIN_WITH_TENANTS_SQL, (tenant_ids,))
-            tenant_rows = {row[0]: row for row in await cur.fetchall()}
-            billing_days = {tenant: row[3] for tenant, row in tenant_rows.items()}
+            billing_days = dict(await cur.fetchall())
             known = [group for group in groups if group[0] in billing_days]
             unknown = frozenset(set(tenant_ids) - set(billing_days))
             if not known:
@@ -112,7 +111,7 @@ class CountingStore(Database):
             daily = tuple(daily_totals)
             # The versions' row locks, held to the commit, make concurrent batches of a tenant decide
             # its alerts one after the other.
-            alerts = await decide_alerts(cur, [tenant_rows[r[0]] for r in rows], now, slack_fallback)
+            alerts = await decide_alerts(cur, {r[0]: billing_days[r[0]] for r in rows}, now, slack_fallback)
         tokens_by_tenant = {tenant: int(tokens) for tenant, _, tokens in rows}
         counted = sum(int(n) for _, n, _ in rows)
         return BatchResult(
@@ -416,12 +415,11 @@ SELECT n FROM taken
 """
 
 
-# The batch's transaction begins with its tenants, in the same round trip: their billing days, and
-# their alert settings for outbox.decide_alerts (the row outbox.ALERT_TENANT_COLUMNS describes). KEY
-# SHARE keeps a billing-day change (FOR UPDATE) from interleaving with the batch.
-BEGIN_WITH_TENANTS_SQL = f"""
+# The batch's transaction begins with its tenants' billing days, in the same round trip. KEY SHARE keeps
+# a billing-day change (FOR UPDATE) from interleaving with the batch.
+BEGIN_WITH_TENANTS_SQL = """
 BEGIN;
-SELECT {ALERT_TENANT_COLUMNS} FROM tenants t WHERE t.id = ANY(%s) FOR KEY SHARE OF t
+SELECT id, billing_day FROM tenants WHERE id = ANY(%s) FOR KEY SHARE
 """
 
 

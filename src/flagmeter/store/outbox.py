@@ -92,38 +92,27 @@ async def apply_alert_settings(cur: Any, tenant_id: str, change: AlertSettingsCh
 
 # A tenant as decide_alerts reads it: id, name, quota, billing day, thresholds, and whether it has an
 # enabled Slack webhook and an enabled alert webhook.
-ALERT_TENANT_COLUMNS = (
-    "t.id, t.name, t.monthly_quota, t.billing_day, t.alert_thresholds,"
-    " EXISTS (SELECT 1 FROM slack_webhooks s WHERE s.tenant_id = t.id AND s.enabled),"
-    " EXISTS (SELECT 1 FROM alert_webhooks w WHERE w.tenant_id = t.id AND w.enabled)"
-)
-
-
 async def decide_alerts(
-    cur: Any, counted: Sequence[tuple[Any, ...]], now: datetime, slack_fallback: bool
+    cur: Any, billing_days: dict[str, int], now: datetime, slack_fallback: bool
 ) -> list[Alert]:
     """Inside the batch transaction: record every newly crossed threshold of the current period for
-    the `counted` tenants (rows of ALERT_TENANT_COLUMNS, read in the same transaction).
+    the counted tenants (`billing_days`: each one's billing day, read under KEY SHARE in the same
+    transaction, so it cannot change before the commit).
 
     The caller holds each tenant's row lock (the usage version's bump) until it commits, so concurrent
-    batches of one tenant decide one after the other, each seeing the other's committed totals (the
-    totals are read here, in a statement after the lock); the unique (tenant, period_start, threshold)
-    row makes the decision once-only for good.
+    batches of one tenant decide one after the other. The tenants' alert settings and period totals are
+    read here, in a statement after that lock: each batch sees the settings and totals the one before
+    it committed. The unique (tenant, period_start, threshold) row makes the decision once-only.
     """
-    tenants = {row[0]: row for row in counted if row[4]}  # those with thresholds
-    if not tenants:
+    if not billing_days:
         return []
-    periods = {tid: period_containing(now, row[3]) for tid, row in tenants.items()}
-    await cur.execute(
-        "SELECT i.tenant_id, coalesce(sum(p.tokens), 0)"
-        " FROM unnest(%s::text[], %s::timestamptz[]) AS i(tenant_id, period_start)"
-        " LEFT JOIN period_totals p USING (tenant_id, period_start) GROUP BY i.tenant_id",
-        (list(periods), [p.start for p in periods.values()]),
-    )
+    periods = {tid: period_containing(now, day) for tid, day in billing_days.items()}
+    await cur.execute(DECIDING_TENANTS_SQL, (list(periods), [p.start for p in periods.values()]))
+    tenants = {row[0]: row for row in await cur.fetchall()}
     candidates = [
-        (tid, periods[tid].start, periods[tid].end, threshold, int(used), tenants[tid][2])
-        for tid, used in await cur.fetchall()
-        for threshold in crossed_thresholds(int(used), tenants[tid][2], tenants[tid][4])
+        (tid, periods[tid].start, periods[tid].end, threshold, int(row[7]), row[2])
+        for tid, row in tenants.items()
+        for threshold in crossed_thresholds(int(row[7]), row[2], row[4])
     ]
     if not candidates:
         return []
@@ -148,6 +137,20 @@ async def decide_alerts(
         )
     return sorted(alerts, key=lambda a: (a.tenant_id, a.threshold))
 
+
+# The counted tenants that have thresholds, as decide_alerts reads them once it holds their row locks:
+# id, name, quota, billing day, thresholds, whether an enabled Slack webhook and an enabled alert
+# webhook exist, and the tokens of the period (its start given beside each id).
+DECIDING_TENANTS_SQL = """
+SELECT t.id, t.name, t.monthly_quota, t.billing_day, t.alert_thresholds,
+       EXISTS (SELECT 1 FROM slack_webhooks s WHERE s.tenant_id = t.id AND s.enabled),
+       EXISTS (SELECT 1 FROM alert_webhooks w WHERE w.tenant_id = t.id AND w.enabled),
+       (SELECT coalesce(sum(p.tokens), 0) FROM period_totals p
+        WHERE p.tenant_id = t.id AND p.period_start = i.period_start)
+FROM unnest(%s::text[], %s::timestamptz[]) AS i(tenant_id, period_start)
+JOIN tenants t ON t.id = i.tenant_id
+WHERE cardinality(t.alert_thresholds) > 0
+"""
 
 INSERT_ALERTS_SQL = """
 INSERT INTO alerts AS a (tenant_id, period_start, period_end, threshold, used, quota)
