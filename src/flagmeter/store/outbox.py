@@ -90,8 +90,6 @@ async def apply_alert_settings(cur: Any, tenant_id: str, change: AlertSettingsCh
         )
 
 
-# A tenant as decide_alerts reads it: id, name, quota, billing day, thresholds, and whether it has an
-# enabled Slack webhook and an enabled alert webhook.
 async def decide_alerts(
     cur: Any, billing_days: dict[str, int], now: datetime, slack_fallback: bool
 ) -> list[Alert]:
@@ -110,9 +108,9 @@ async def decide_alerts(
     await cur.execute(DECIDING_TENANTS_SQL, (list(periods), [p.start for p in periods.values()]))
     tenants = {row[0]: row for row in await cur.fetchall()}
     candidates = [
-        (tid, periods[tid].start, periods[tid].end, threshold, int(row[7]), row[2])
+        (tid, periods[tid].start, periods[tid].end, threshold, int(row[6]), row[2])
         for tid, row in tenants.items()
-        for threshold in crossed_thresholds(int(row[7]), row[2], row[4])
+        for threshold in crossed_thresholds(int(row[6]), row[2], row[3])
     ]
     if not candidates:
         return []
@@ -125,8 +123,8 @@ async def decide_alerts(
         (alert.id, target)
         for alert in alerts
         for target in delivery_targets(
-            slack_url_enabled=tenants[alert.tenant_id][5],
-            webhook_enabled=tenants[alert.tenant_id][6],
+            slack_url_enabled=tenants[alert.tenant_id][4],
+            webhook_enabled=tenants[alert.tenant_id][5],
             slack_fallback=slack_fallback,
         )
     ]
@@ -139,10 +137,10 @@ async def decide_alerts(
 
 
 # The counted tenants that have thresholds, as decide_alerts reads them once it holds their row locks:
-# id, name, quota, billing day, thresholds, whether an enabled Slack webhook and an enabled alert
-# webhook exist, and the tokens of the period (its start given beside each id).
+# id, name, quota, thresholds, whether an enabled Slack webhook and an enabled alert webhook exist, and
+# the tokens of the period (its start given beside each id; the billing day is the caller's).
 DECIDING_TENANTS_SQL = """
-SELECT t.id, t.name, t.monthly_quota, t.billing_day, t.alert_thresholds,
+SELECT t.id, t.name, t.monthly_quota, t.alert_thresholds,
        EXISTS (SELECT 1 FROM slack_webhooks s WHERE s.tenant_id = t.id AND s.enabled),
        EXISTS (SELECT 1 FROM alert_webhooks w WHERE w.tenant_id = t.id AND w.enabled),
        (SELECT coalesce(sum(p.tokens), 0) FROM period_totals p
