@@ -27,6 +27,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -178,6 +179,31 @@ def per_unit(cpu_s: dict[str, float | None], units: int, digits: int = 1) -> dic
     return {n: _round(1e6 * (cpu_s.get(n) or 0.0) / units, digits) if units else None for n in names}
 
 
+def worker_batches(stack: Any) -> tuple[float, float] | None:
+    """(transactions, events in them) the worker has counted since it started, from its /metrics
+    (flagmeter_worker_batch_size); None for a stack whose worker's metrics are not published here."""
+    url = getattr(stack, "worker_metrics_url", "")
+    if not url:
+        return None
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("flagmeter_worker_batch_size_count", "flagmeter_worker_batch_size_sum"):
+            sums[name] = float(value)
+    return sums["flagmeter_worker_batch_size_count"], sums["flagmeter_worker_batch_size_sum"]
+
+
+def transactions(before: tuple[float, float] | None, after: tuple[float, float] | None) -> dict[str, Any]:
+    """The worker's transactions over a step and the events each held on average (per_transaction):
+    what the per-transaction cost is spread over."""
+    if before is None or after is None:
+        return {"count": None, "events_per_transaction": None}
+    count, events = after[0] - before[0], after[1] - before[1]
+    return {"count": int(count), "events_per_transaction": _round(events / count) if count else None}
+
+
 def fresh_tenants(stack: Any, step: str, stamp: str) -> list[verify.Tenant]:
     ids = [f"bench-{stamp.lower()}-{step}-{i}" for i in range(TENANTS_PER_STEP)]
     return [verify.Tenant(t, create_tenant(stack.api_url, stack.admin_token, t), verify.ZERO) for t in ids]
@@ -191,6 +217,7 @@ def measure_step(
     tenants = fresh_tenants(stack, step.name, stamp)
     recordings = []
     load = generator.Load(step.kind, step.rate, step.seconds, step.connections, batch=BATCH, ids=step.ids)
+    batches_before = worker_batches(stack)
     with ResourceSampler(stack.roles(), stack.cgroups()) as sampler:
         if profile_dir is not None:
             for role in ("api", "worker"):
@@ -207,6 +234,7 @@ def measure_step(
         own_cpu = time.process_time() - own_cpu
         for recording in recordings:
             recording.finish(30)
+    batches = transactions(batches_before, worker_batches(stack))
     accepted = verdict.accepted.events
     usage = sampler.usage
     cpu_s = cpu_breakdown(sampler, result.cpu_s, own_cpu)
@@ -234,6 +262,7 @@ def measure_step(
         # Counted by the end of the drain over the step plus the drain: the worker's sustained rate.
         "counted_events_per_s": _round(verdict.counted.events / (step.seconds + max(drain_s, 0.0))),
         "lag": probe.summary(),
+        "transactions": batches,
         "peak_rss_mb": _peaks(
             {r: u.peak_rss_bytes for r, u in usage.items()}, sampler.peak_service_rss_bytes
         ),
@@ -312,6 +341,7 @@ CPU_COLUMNS = (
     ("generator", "{cpu[generator]}", 9),
     ("other cpu s", "{cpu_s[other]}", 11),
     ("calib us", "{calibration_us}", 8),
+    ("ev/txn", "{transactions[events_per_transaction]}", 7),
 )
 
 

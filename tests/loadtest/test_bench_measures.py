@@ -31,11 +31,11 @@ from bench import generator  # noqa: E402
 from bench.lag import GIVE_UP_S, LagProbe, percentile  # noqa: E402
 from bench.procs import CGROUP_ROOT, MemoryCgroup, ResourceSampler, process_tree  # noqa: E402
 from bench.pyspy import hotspots  # noqa: E402
-from bench.run import FLOOR_MODES, against_targets  # noqa: E402
+from bench.run import FLOOR_MODES, against_targets, transactions, worker_batches  # noqa: E402
 from bench.stack import DATABASE_LOCALE, production_postgres_settings, sql_value, warm_wal  # noqa: E402
 
 from flagmeter.localstack import LocalStack, free_port  # noqa: E402
-from stacklib import wait_until  # noqa: E402
+from stacklib import Stack, wait_until  # noqa: E402
 
 BURN_CPU = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 HOLD_MEMORY = (
@@ -311,3 +311,21 @@ def test_the_benchs_cluster_runs_production_s_settings_with_its_wal_ready_for_re
     finally:
         servers.stop_postgres()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_steps_transactions_are_read_off_the_workers_metrics(stack: Stack) -> None:
+    """The bench spreads per-transaction costs over what the worker's histogram says it counted."""
+    before = worker_batches(stack)
+    tenant, key = stack.create_tenant()
+    batch = [{"id": f"e-{i}", "feature": "chat", "tokens": 3} for i in range(40)]
+    status, body, _ = stack.request("POST", "/v1/events", batch, token=key)
+    assert status == 202, body
+    stack.wait_used(tenant, 120)
+    after = worker_batches(stack)
+    assert before is not None and after is not None
+    assert after[0] > before[0] and after[1] - before[1] >= 40
+    counted = transactions(before, after)
+    assert counted["count"] == after[0] - before[0]
+    assert counted["events_per_transaction"] == round((after[1] - before[1]) / counted["count"], 1)
+    assert worker_batches(object()) is None  # a stack without the worker's metrics: nothing to read
+    assert transactions(after, after) == {"count": 0, "events_per_transaction": None}
