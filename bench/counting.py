@@ -52,6 +52,7 @@ from flagmeter.ledger import LedgerInsert  # noqa: E402
 from flagmeter.localstack import LocalStack  # noqa: E402
 from flagmeter.store import Store, migrate  # noqa: E402
 from flagmeter.store import counting as store_module  # noqa: E402
+from flagmeter.store.base import Prepared  # noqa: E402
 
 TENANTS = ("count-a", "count-b", "count-c")
 FEATURES = ("chat", "embed", "summarize", "classify", "translate", "code.complete")
@@ -61,11 +62,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def without_raw_events() -> None:
     """What counting would cost with the raw events written elsewhere (a lagging audit writer): the
     event log's insert becomes a CTE that only takes its parameter (the batch's time)."""
-    for name in ("WRITE_NEW_BATCH_SQL", "WRITE_BATCH_SQL"):
-        sql = getattr(store_module, name)
+    for name in ("WRITE_NEW_BATCH", "WRITE_BATCH"):
+        sql = getattr(store_module, f"{name}_SQL")
         head, rest = sql.split("), stored AS (", 1)
         unused = "), stored AS (SELECT %s::timestamptz AS counted_at"
-        setattr(store_module, name, head + unused + "), rolled AS (" + rest.split("), rolled AS (", 1)[1])
+        variant = head + unused + "), rolled AS (" + rest.split("), rolled AS (", 1)[1]
+        setattr(store_module, name, Prepared(f"flagmeter_{name.lower()}_no_raw_events", variant))
 
 
 VARIANTS = {"no-raw-events": without_raw_events}

@@ -6,14 +6,17 @@ Each aggregate's SQL lives in its own module (tenants, counting, usage, outbox, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
 import aiopg
 import orjson
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from ..events import TEXT_SEPARATOR
@@ -76,6 +79,52 @@ def int_array(values: Sequence[int]) -> str:
         return "{" + orjson.dumps(values)[1:-1].decode() + "}"
     except orjson.JSONEncodeError:  # beyond 64 bits: orjson cannot write it, str() can
         return "{" + ",".join(map(str, values)) + "}"
+
+
+class Prepared:
+    """A statement PostgreSQL parses and plans once per connection (PREPARE), then runs by name (EXECUTE).
+
+    Sent as text, a statement is lexed, parsed, analysed and planned at every execution: for a batch's
+    transaction ~500 us of the backend's CPU here, a third of what a one-event batch costs it (issue 15's
+    fourteenth pass, docs/performance.md). EXECUTE's parameters
+    still travel as literals (psycopg2 writes them), so only the statement's own text is read once. A
+    connection's prepared statements live as long as it does, whatever its transactions do (PREPARE is
+    not rolled back), and PostgreSQL plans them again by itself after a migration changes their tables.
+    """
+
+    # The statements each connection has prepared. A connection whose PREPARE may or may not have run
+    # (its reply lost) is not in it: the next `run` asks PostgreSQL before preparing again.
+    _done: ClassVar[WeakKeyDictionary[Any, set[str]]] = WeakKeyDictionary()
+
+    def __init__(self, name: str, sql: str) -> None:
+        if not re.fullmatch("[a-z_][a-z0-9_]*", name):
+            raise ValueError("a prepared statement's name is a lower-case identifier, as PostgreSQL keeps it")
+        if "%%" in sql or "%(" in sql:
+            raise ValueError("a prepared statement takes positional %s parameters only")
+        parts = sql.split("%s")
+        self.name = name
+        self.definition = f"PREPARE {name} AS " + "".join(
+            part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, 1)
+        )
+        self.execution = f"EXECUTE {name}({', '.join(['%s'] * (len(parts) - 1))})"
+
+    async def run(self, cur: Any, params: Sequence[Any]) -> None:
+        """Execute on `cur` with `params`, preparing it on the cursor's connection first if need be."""
+        done = self._done.setdefault(cur.connection, set())
+        if self.name not in done:
+            await cur.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (self.name,))
+            if not await cur.fetchall():
+                await cur.execute(self.definition)
+            done.add(self.name)
+        try:
+            await cur.execute(self.execution, params)
+        except psycopg2.errors.FeatureNotSupported as error:
+            # "cached plan must not change result type": a migration changed the type of a column the
+            # statement returns. The connection, its prepared statements with it, is closed (the pool
+            # drops it) and the caller retries on another, as after an outage: no fault of the batch.
+            self._done.pop(cur.connection, None)
+            cur.connection.close()
+            raise StoreUnavailable(f"{self.name} no longer fits the schema: {error}") from error
 
 
 async def _roll_back(cur: Any) -> None:

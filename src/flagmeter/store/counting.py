@@ -18,7 +18,7 @@ from ..events import Columns
 from ..ledger import LedgerInsert
 from ..periods import period_containing
 from ..quota import DAY_MS, day_field, day_of
-from .base import SPLIT_TEXT, Database, int_array, joined, ms_to_datetime, text_array
+from .base import SPLIT_TEXT, Database, Prepared, int_array, joined, ms_to_datetime, text_array
 from .outbox import decide_alerts
 
 T = TypeVar("T")
@@ -90,17 +90,15 @@ class CountingStore(Database):
                 # What the batch adds to each total is summed here: the statement fails whole unless
                 # every event is new, so these sums are what it counts.
                 sums = Sums.of(tenants, features, tokens, occurred, billing_days)
-                await cur.execute(WRITE_NEW_BATCH_SQL, (*columns, now, *sums.parameters()))
+                await WRITE_NEW_BATCH.run(cur, (*columns, now, *sums.parameters()))
                 await cur.fetchall()
                 rows, days = sums.by_tenant(), sums.days()
             else:
                 period_ms, days = _periods_and_days(tenants, occurred, billing_days)
-                await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms), now))
+                await WRITE_BATCH.run(cur, (*columns, int_array(period_ms), now))
                 rows = await cur.fetchall()
-            await cur.execute(
-                BUMP_VERSIONS_READ_DAILY_SQL,
-                (sorted(billing_days), text_array([t for t, _ in days]), text_array([d for _, d in days])),
-            )
+            day_tenants, day_names = text_array([t for t, _ in days]), text_array([d for _, d in days])
+            await BUMP_VERSIONS_READ_DAILY.run(cur, (sorted(billing_days), day_tenants, day_names))
             versions: dict[str, int] = {}
             daily_totals: list[tuple[str, int]] = []
             for kind, tenant, day, number in await cur.fetchall():
@@ -413,6 +411,9 @@ WITH batch AS (
 )
 SELECT n FROM taken
 """
+# Prepared once per connection: their text is most of what a small batch costs the backend.
+WRITE_BATCH = Prepared("flagmeter_write_batch", WRITE_BATCH_SQL)
+WRITE_NEW_BATCH = Prepared("flagmeter_write_new_batch", WRITE_NEW_BATCH_SQL)
 
 
 # The batch's transaction begins with its tenants' billing days, in the same round trip. KEY SHARE keeps
@@ -441,3 +442,4 @@ UNION ALL
 SELECT 'd', d.tenant_id, d.day::text, d.tokens FROM daily_totals d
 JOIN unnest(%s::text[], %s::date[]) AS b(tenant_id, day) USING (tenant_id, day)
 """
+BUMP_VERSIONS_READ_DAILY = Prepared("flagmeter_bump_versions_read_daily", BUMP_VERSIONS_READ_DAILY_SQL)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..alerts import Alert, crossed_thresholds, delivery_targets
 from ..periods import period_containing
-from .base import Database
+from .base import Database, Prepared
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ async def decide_alerts(
     if not billing_days:
         return []
     periods = {tid: period_containing(now, day) for tid, day in billing_days.items()}
-    await cur.execute(DECIDING_TENANTS_SQL, (list(periods), [p.start for p in periods.values()]))
+    await DECIDING_TENANTS.run(cur, (list(periods), [p.start for p in periods.values()]))
     tenants = {row[0]: row for row in await cur.fetchall()}
     candidates = [
         (tid, periods[tid].start, periods[tid].end, threshold, int(row[6]), row[2])
@@ -149,6 +149,7 @@ FROM unnest(%s::text[], %s::timestamptz[]) AS i(tenant_id, period_start)
 JOIN tenants t ON t.id = i.tenant_id
 WHERE cardinality(t.alert_thresholds) > 0
 """
+DECIDING_TENANTS = Prepared("flagmeter_deciding_tenants", DECIDING_TENANTS_SQL)
 
 INSERT_ALERTS_SQL = """
 INSERT INTO alerts AS a (tenant_id, period_start, period_end, threshold, used, quota)
