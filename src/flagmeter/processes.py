@@ -26,14 +26,33 @@ log = logging.getLogger("flagmeter")
 # Reference cycles are rare on these paths; they are still collected, after 10,000 allocations.
 GC_THRESHOLDS = (10_000, 10, 10)
 
+# glibc serves a block of 128 KiB or more with its own mmap, unmapped when freed, but raises that bound
+# to the largest such block freed (up to 32 MiB on 64-bit). After its first big batches the worker's
+# statement buffers (a transaction's joined columns and psycopg2's copies, hundreds of KiB each) came
+# from the heap instead, and the heap kept what they left: fixed, they are returned as they are freed.
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+MMAP_THRESHOLD = 128 * 1024
+
+
+def keep_big_blocks_out_of_the_heap() -> bool:
+    """Fix glibc's mmap threshold; False where the C library is not glibc (left as it is)."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
 
 def run(coro: Awaitable[Any]) -> Any:
-    """Run a process's main coroutine on uvloop, with the collector tuned for ingest."""
+    """Run a process's main coroutine on uvloop, with the collector tuned for ingest and glibc's big
+    blocks kept out of the heap."""
     import gc
 
     import uvloop
 
     gc.set_threshold(*GC_THRESHOLDS)
+    keep_big_blocks_out_of_the_heap()
     return uvloop.run(coro)  # type: ignore[arg-type]
 
 
