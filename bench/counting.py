@@ -62,12 +62,13 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def without_raw_events() -> None:
     """What counting would cost with the raw events written elsewhere (a lagging audit writer): the
     event log's insert becomes a CTE that only takes its parameter (the batch's time)."""
-    for name in ("WRITE_NEW_BATCH", "WRITE_BATCH"):
-        sql = getattr(store_module, f"{name}_SQL")
+    for name in ("WRITE_NEW_BATCH_SQL", "WRITE_BATCH_SQL"):
+        sql = getattr(store_module, name)
         head, rest = sql.split("), stored AS (", 1)
         unused = "), stored AS (SELECT %s::timestamptz AS counted_at"
-        variant = head + unused + "), rolled AS (" + rest.split("), rolled AS (", 1)[1]
-        setattr(store_module, name, Prepared(f"flagmeter_{name.lower()}_no_raw_events", variant))
+        setattr(store_module, name, head + unused + "), rolled AS (" + rest.split("), rolled AS (", 1)[1])
+    variant = store_module.WRITE_NEW_BATCH_SQL
+    store_module.WRITE_NEW_BATCH = Prepared("flagmeter_write_new_batch_variant", variant)
 
 
 VARIANTS = {"no-raw-events": without_raw_events}

@@ -89,10 +89,12 @@ def test_a_caught_up_worker_lets_its_next_transaction_fill_and_one_behind_reads_
         time.sleep(CYCLE_S / 8)
         client.xadd(stream, _entry(tenant, 600, 1))
     wait_until(lambda: _counted(stack, tenant) == 1800, 10, "the three entries counted")
+    # The histogram hears of a transaction after its commit and acknowledgement: wait for it too.
+    wait_until(lambda: _transactions(metrics_url) - before >= 2, 10, "the transactions observed")
     assert _transactions(metrics_url) - before == 2
 
     before, started = _transactions(metrics_url), time.monotonic()
-    with client.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=True) as pipe:  # MULTI: the backlog is there at once for any read
         for _ in range(15):
             pipe.xadd(stream, _entry(tenant, 600, 1))
         pipe.execute()
@@ -100,4 +102,5 @@ def test_a_caught_up_worker_lets_its_next_transaction_fill_and_one_behind_reads_
     # Read three entries at a time (a transaction's worth), five transactions, none waited for: four
     # waits would take 0.64 s at the least.
     assert time.monotonic() - started < 4 * 0.8 * CYCLE_S
+    wait_until(lambda: _transactions(metrics_url) - before >= 5, 10, "the transactions observed")
     assert _transactions(metrics_url) - before == 5

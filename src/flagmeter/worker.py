@@ -130,6 +130,8 @@ class Worker:
                 # count, and after a read that caught up, none reads again before CYCLE_S is out.
                 async with self._reading:
                     await self._sleep(self._next_read - time.monotonic())
+                    if self.stopping:
+                        break
                     # A transaction's worth of events, read MAX_READ entries at most at a time: a burst
                     # of big requests after small ones then holds at most MAX_READ x MAX_BATCH more.
                     count = max(1, read_size(self.settings.batch_size, 0, per_entry))
@@ -137,6 +139,7 @@ class Worker:
                     if time.monotonic() >= next_reclaim:
                         entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
                         next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
+                    reclaimed = bool(entries)  # another consumer's leftovers: they say nothing of the stream
                     if not entries:
                         entries = await self.stream.read(consumer, count, block_ms=1000)
                     found = time.monotonic()
@@ -156,7 +159,7 @@ class Worker:
                         entries += last
                         events += _events(last)
                         caught_up = len(last) < count
-                    if entries and caught_up:
+                    if entries and caught_up and not reclaimed:
                         self._next_read = found + CYCLE_S
                 for group in transactions(entries, self.settings.batch_size):
                     await self.count(group)

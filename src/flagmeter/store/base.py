@@ -119,9 +119,11 @@ class Prepared:
         try:
             await cur.execute(self.execution, params)
         except psycopg2.errors.FeatureNotSupported as error:
-            # "cached plan must not change result type": a migration changed the type of a column the
-            # statement returns. The connection, its prepared statements with it, is closed (the pool
-            # drops it) and the caller retries on another, as after an outage: no fault of the batch.
+            if "cached plan must not change result type" not in str(error):
+                raise
+            # A migration changed the type of a column the statement returns. The connection, its
+            # prepared statements with it, is closed (the pool drops it) and the caller retries on
+            # another, as after an outage: no fault of the batch.
             self._done.pop(cur.connection, None)
             cur.connection.close()
             raise StoreUnavailable(f"{self.name} no longer fits the schema: {error}") from error

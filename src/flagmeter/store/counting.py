@@ -95,7 +95,7 @@ class CountingStore(Database):
                 rows, days = sums.by_tenant(), sums.days()
             else:
                 period_ms, days = _periods_and_days(tenants, occurred, billing_days)
-                await WRITE_BATCH.run(cur, (*columns, int_array(period_ms), now))
+                await cur.execute(WRITE_BATCH_SQL, (*columns, int_array(period_ms), now))
                 rows = await cur.fetchall()
             day_tenants, day_names = text_array([t for t, _ in days]), text_array([d for _, d in days])
             await BUMP_VERSIONS_READ_DAILY.run(cur, (sorted(billing_days), day_tenants, day_names))
@@ -411,8 +411,9 @@ WITH batch AS (
 )
 SELECT n FROM taken
 """
-# Prepared once per connection: their text is most of what a small batch costs the backend.
-WRITE_BATCH = Prepared("flagmeter_write_batch", WRITE_BATCH_SQL)
+# Prepared once per connection: its text is most of what a small batch costs the backend. Not
+# WRITE_BATCH_SQL (the rare batch that meets known ids): a generic plan, costed for arrays of a default
+# size, could join `input` and `ledger` by nested loop over thousands of rows.
 WRITE_NEW_BATCH = Prepared("flagmeter_write_new_batch", WRITE_NEW_BATCH_SQL)
 
 
