@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import re
-import time
-import urllib.request
-import uuid
-
-import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flagmeter.events import Event, columns
-from flagmeter.stream import Entry, encode
-from flagmeter.worker import CYCLE_S, MAX_READ, read_size, transactions
-from stacklib import Stack, wait_until
+from flagmeter.stream import Entry
+from flagmeter.worker import MAX_READ, read_size, transactions
 
 
 def entry(n: int, ident: int) -> Entry:
@@ -51,56 +44,3 @@ def test_a_read_asks_for_what_the_transaction_still_has_room_for() -> None:
     assert read_size(4000, 3990, 1.0) == 10
     assert read_size(4000, 4000, 1.0) == 0
     assert read_size(4000, 4400, 550.0) == 0  # past the room (an entry is never split): none
-
-
-def _transactions(metrics_url: str) -> int:
-    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return int(float(re.search(r"^flagmeter_worker_batch_size_count (\S+)$", text, re.M)[1]))  # type: ignore[index]
-
-
-def _entry(tenant: str, size: int, tokens: int) -> dict[str, bytes]:
-    now = int(time.time() * 1000)
-    return {"e": encode([Event(tenant, uuid.uuid4().hex, "chat", tokens, now, now) for _ in range(size)])}
-
-
-def _counted(stack: Stack, tenant: str) -> int:
-    return int(
-        stack.sql("SELECT coalesce(sum(tokens), 0) FROM period_totals WHERE tenant_id = %s", (tenant,))[0][0]
-    )
-
-
-def test_a_caught_up_worker_lets_its_next_transaction_fill_and_one_behind_reads_back_to_back(
-    stack: Stack,
-) -> None:
-    """Entries trickling in while the worker waits out CYCLE_S after a read that caught up share its next
-    transaction (without the wait, each would be a transaction of its own); a backlog is read without
-    waiting between transactions."""
-    stream = f"test:{uuid.uuid4().hex[:8]}"
-    tenant, _ = stack.create_tenant(quota=10**12)
-    _, metrics_url = stack.start_worker(FLAGMETER_STREAM=stream, FLAGMETER_BATCH_SIZE="2000")
-    client = redis.Redis.from_url(stack.redis_url)
-    before = _transactions(metrics_url)
-
-    first = client.xadd(stream, _entry(tenant, 600, 1))
-    read = lambda: client.xinfo_groups(stream)[0]["last-delivered-id"] == first  # noqa: E731
-    wait_until(read, 10, "the first entry read", ignoring=(IndexError, redis.ResponseError), every=0.002)
-    for _ in range(2):  # within the worker's wait (0.8 x CYCLE_S at the least, with its jitter)
-        time.sleep(CYCLE_S / 8)
-        client.xadd(stream, _entry(tenant, 600, 1))
-    wait_until(lambda: _counted(stack, tenant) == 1800, 10, "the three entries counted")
-    # The histogram hears of a transaction after its commit and acknowledgement: wait for it too.
-    wait_until(lambda: _transactions(metrics_url) - before >= 2, 10, "the transactions observed")
-    assert _transactions(metrics_url) - before == 2
-
-    before, started = _transactions(metrics_url), time.monotonic()
-    with client.pipeline(transaction=True) as pipe:  # MULTI: the backlog is there at once for any read
-        for _ in range(15):
-            pipe.xadd(stream, _entry(tenant, 600, 1))
-        pipe.execute()
-    wait_until(lambda: _counted(stack, tenant) == 1800 + 9000, 10, "the backlog counted", every=0.01)
-    # Read three entries at a time (a transaction's worth), five transactions, none waited for: four
-    # waits would take 0.64 s at the least.
-    assert time.monotonic() - started < 4 * 0.8 * CYCLE_S
-    wait_until(lambda: _transactions(metrics_url) - before >= 5, 10, "the transactions observed")
-    assert _transactions(metrics_url) - before == 5

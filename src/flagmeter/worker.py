@@ -33,14 +33,12 @@ from .usage_versions import UsageVersions
 
 log = logging.getLogger(__name__)
 
-# Each transaction costs the worker and PostgreSQL ~2 ms of CPU whatever its size. A consumer that has
-# caught up with the stream reads again no sooner than CYCLE_S after its last read found events, so a
-# transaction holds what arrived meanwhile: a light stream's few hundred events, a busy one's whole
-# batch, rather than what came in the few ms the last commit took (at 100,000 events/s ~1,200 events a
-# transaction without the wait, ~2 us of CPU per event; docs/performance.md, issue 15's fourteenth pass).
-# Behind, it reads back to back. The wait is lag the events see at most.
-CYCLE_S = 0.2
+# A read of fewer events than this waits before the next one, so a light stream is counted in a few
+# transactions of hundreds of events, not many of a handful: each transaction costs the worker and
+# PostgreSQL ~1-2 ms of CPU whatever its size. The wait is lag the events see at most.
+SMALL_BATCH = 500
 MAX_READ = 64
+SMALL_BATCH_WAIT_S = 0.2
 # flagmeter_tenant_quota_used_ratio is read afresh from PostgreSQL: at most this often while batches are
 # counted, and at least this often anyway, so a quota or billing-day change and a new period show too.
 QUOTA_RATIO_MIN_S = 1.0
@@ -69,8 +67,6 @@ class Worker:
         self._stopping = asyncio.Event()
         self._counted = asyncio.Event()  # a batch committed since the quota ratios were last read
         self._ratio_tenants: set[str] = set()
-        self._reading = asyncio.Lock()  # held by the consumer reading (see _consume)
-        self._next_read = 0.0  # time.monotonic() before which no consumer reads: CYCLE_S
 
     def stop(self) -> None:
         self._stopping.set()
@@ -126,45 +122,37 @@ class Worker:
         per_entry = float(MAX_BATCH)
         while not self.stopping:
             try:
-                # The consumers read one at a time: one waits in Redis for new entries while the others
-                # count, and after a read that caught up, none reads again before CYCLE_S is out.
-                async with self._reading:
-                    await self._sleep(self._next_read - time.monotonic())
-                    if self.stopping:
+                # A transaction's worth of events, read MAX_READ entries at most at a time: a burst
+                # of big requests after small ones then holds at most MAX_READ x MAX_BATCH more.
+                count = max(1, read_size(self.settings.batch_size, 0, per_entry))
+                entries: list[Entry] = []
+                if time.monotonic() >= next_reclaim:
+                    entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
+                    next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
+                if not entries:
+                    entries = await self.stream.read(consumer, count, block_ms=1000)
+                last, events = entries, _events(entries)
+                # A full read means more is waiting: top the batch up, never past a transaction's worth
+                # (a second full read would only wait in memory while the first commits).
+                while len(last) == count:
+                    per_entry = max(1.0, events / len(entries))
+                    # At most twice the last read: a few small entries ahead of big ones do not
+                    # license one read of MAX_READ big ones. An entry counts as one event at least.
+                    held = max(events, len(entries))
+                    count = min(read_size(self.settings.batch_size, held, per_entry), 2 * count)
+                    if count < 1:
                         break
-                    # A transaction's worth of events, read MAX_READ entries at most at a time: a burst
-                    # of big requests after small ones then holds at most MAX_READ x MAX_BATCH more.
-                    count = max(1, read_size(self.settings.batch_size, 0, per_entry))
-                    entries: list[Entry] = []
-                    if time.monotonic() >= next_reclaim:
-                        entries = await self.stream.reclaim(consumer, self.settings.claim_idle_ms, count)
-                        next_reclaim = time.monotonic() + min(self.settings.claim_idle_ms / 2000, 5.0)
-                    reclaimed = bool(entries)  # another consumer's leftovers: they say nothing of the stream
-                    if not entries:
-                        entries = await self.stream.read(consumer, count, block_ms=1000)
-                    found = time.monotonic()
-                    last, events = entries, _events(entries)
-                    # A full read means more is waiting: top the batch up, never past a transaction's
-                    # worth (a second full read would only wait in memory while the first commits).
-                    caught_up = len(last) < count
-                    while not caught_up:
-                        per_entry = max(1.0, events / len(entries))
-                        # At most twice the last read: a few small entries ahead of big ones do not
-                        # license one read of MAX_READ big ones. An entry counts as one event at least.
-                        held = max(events, len(entries))
-                        count = min(read_size(self.settings.batch_size, held, per_entry), 2 * count)
-                        if count < 1:
-                            break  # a transaction's worth: more may be waiting
-                        last = await self.stream.read(consumer, count, block_ms=None)
-                        entries += last
-                        events += _events(last)
-                        caught_up = len(last) < count
-                    if entries and caught_up and not reclaimed:
-                        self._next_read = found + CYCLE_S
+                    last = await self.stream.read(consumer, count, block_ms=None)
+                    entries += last
+                    events += _events(last)
                 for group in transactions(entries, self.settings.batch_size):
                     await self.count(group)
                 if entries:
                     per_entry = max(1.0, events / len(entries))
+                if 0 < events < SMALL_BATCH:
+                    # A light stream: let the next batch fill a little instead of paying a transaction
+                    # per handful of events. Costs at most this much freshness.
+                    await self._sleep(SMALL_BATCH_WAIT_S)
             except TRANSIENT_REDIS_ERRORS as error:
                 log.warning("redis unavailable; retrying", extra={"error": str(error)})
                 await self._sleep(1.0)
@@ -311,9 +299,7 @@ class Worker:
         self._ratio_tenants = set(usage)
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep with jitter, waking early on stop; not at all for no time."""
-        if seconds <= 0:
-            return
+        """Sleep with jitter, waking early on stop."""
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds * random.uniform(0.8, 1.2))
         except TimeoutError:
