@@ -34,6 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # import bench.* and loadtest.* as packages, never bench/ modules as top-level ones
 
@@ -187,11 +189,12 @@ def worker_batches(stack: Any) -> tuple[float, float] | None:
         return None
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         text = response.read().decode()
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("flagmeter_worker_batch_size_count", "flagmeter_worker_batch_size_sum"):
-            sums[name] = float(value)
+    sums = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "flagmeter_worker_batch_size"
+        for sample in family.samples
+    }
     return sums["flagmeter_worker_batch_size_count"], sums["flagmeter_worker_batch_size_sum"]
 
 

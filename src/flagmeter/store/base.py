@@ -86,10 +86,10 @@ class Prepared:
 
     Sent as text, a statement is lexed, parsed, analysed and planned at every execution: for a batch's
     transaction ~500 us of the backend's CPU here, a third of what a one-event batch costs it (issue 15's
-    fourteenth pass, docs/performance.md). EXECUTE's parameters
-    still travel as literals (psycopg2 writes them), so only the statement's own text is read once. A
-    connection's prepared statements live as long as it does, whatever its transactions do (PREPARE is
-    not rolled back), and PostgreSQL plans them again by itself after a migration changes their tables.
+    fourteenth pass, docs/performance.md). EXECUTE's parameters still travel as literals (psycopg2
+    writes them), so only the statement's own text is read once. A connection's prepared statements
+    live as long as it does, whatever its transactions do (PREPARE is not rolled back), and PostgreSQL
+    plans them again by itself after a migration changes their tables.
     """
 
     # The statements each connection has prepared. A connection whose PREPARE may or may not have run
