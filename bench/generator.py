@@ -33,7 +33,7 @@ def wrk_binary() -> str:
 
 @dataclass(frozen=True)
 class Load:
-    kind: str  # mix | batch | post (see load.lua)
+    kind: str  # mix | batch | post | check | reserve (see load.lua)
     rate: int  # requests per second
     seconds: int  # the paced window
     connections: int
@@ -46,7 +46,7 @@ class Load:
 class LoadResult:
     load: Load
     stats: dict[str, Any]  # load.lua's done() line
-    cpu_s: float  # the generator's own CPU time (user + system)
+    cpu_s: float  # the generator's own CPU time (user + system); see run_together
 
     @property
     def completed(self) -> int:
@@ -81,28 +81,52 @@ class LoadResult:
 
 
 def run(load: Load, base_url: str, tenants: list[verify.Tenant], run_id: str) -> LoadResult:
-    env = {
-        **os.environ,
-        "KIND": load.kind,
-        "RATE": str(load.rate),
-        "SECONDS": str(load.seconds),
-        "THREADS": str(load.threads),
-        "BATCH": str(load.batch),
-        "IDS": load.ids,
-        "RUN": run_id,
-        "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
-    }
-    command = [
-        wrk_binary(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds + GRACE_S}s",
-        "--timeout", "10s", "-s", str(SCRIPT), base_url,
-    ]  # fmt: skip
+    return run_together([load], base_url, tenants, run_id)[0]
+
+
+def run_together(
+    loads: list[Load], base_url: str, tenants: list[verify.Tenant], run_id: str
+) -> list[LoadResult]:
+    """Each load from a wrk of its own, all at once (each keeps its own latencies: wrk's are one
+    histogram per run). The CPU the wrk processes took cannot be told apart: each result's `cpu_s` is
+    theirs together."""
+    started = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=load.seconds + 60, check=False
-    )
+    for index, load in enumerate(loads):
+        env = {
+            **os.environ,
+            "KIND": load.kind,
+            "RATE": str(load.rate),
+            "SECONDS": str(load.seconds),
+            "THREADS": str(load.threads),
+            "BATCH": str(load.batch),
+            "IDS": load.ids,
+            "RUN": f"{run_id}-{index}" if len(loads) > 1 else run_id,
+            "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
+        }
+        command = [
+            wrk_binary(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds + GRACE_S}s",
+            "--timeout", "10s", "-s", str(SCRIPT), base_url,
+        ]  # fmt: skip
+        started.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = []
+    for load, process in zip(loads, started, strict=True):
+        try:
+            stdout, stderr = process.communicate(timeout=load.seconds + 60)
+        except subprocess.TimeoutExpired:
+            for other in started:
+                other.kill()
+                other.communicate()
+            raise
+        outputs.append((process.returncode, stdout, stderr))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARKER)), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
     cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return LoadResult(load, json.loads(line.removeprefix(MARKER)), cpu_s)
+    results = []
+    for load, (returncode, stdout, stderr) in zip(loads, outputs, strict=True):
+        line = next((ln for ln in stdout.splitlines() if ln.startswith(MARKER)), None)
+        if returncode != 0 or line is None:
+            raise RuntimeError(f"wrk exited {returncode}:\n{stdout}\n{stderr[-3000:]}")
+        results.append(LoadResult(load, json.loads(line.removeprefix(MARKER)), cpu_s))
+    return results

@@ -3,6 +3,8 @@
 --   KIND=mix    80 % POST /v1/events of one event, 20 % GET /v1/usage/{tenant} (every USAGE_EVERY-th)
 --   KIND=batch  POST /v1/events of BATCH events (ids unique per request, the same tokens every time)
 --   KIND=post   POST of one event, nothing else (bench/floor.py answers only that)
+--   KIND=check    GET /v1/usage/{tenant}/check?tokens=10 (issue 12's quota check)
+--   KIND=reserve  POST /v1/reservations of 1 token held 1 s (so holds stay few)
 -- Settings come from the environment: RATE (requests/s, all threads), SECONDS (the paced window; run
 -- wrk for longer: after the window connections stay idle, so no request is in flight when wrk stops),
 -- TENANTS (id=key,...), RUN (unique per run), BATCH, USAGE_EVERY, TOKENS (per single event), IDS.
@@ -54,7 +56,7 @@ local counter = 0
 local template
 local pieces -- IDS=random: the batch's JSON around its ids, every even piece an id to fill in
 -- what done() reads: sent requests and POSTs, responses by kind, slots dropped
-sent, posts, accepted, reads_ok, refused, other, dropped = 0, 0, 0, 0, 0, 0, 0
+sent, posts, accepted, reads_ok, created, refused, other, dropped = 0, 0, 0, 0, 0, 0, 0, 0
 
 local function parse_tenants()
   for pair in string.gmatch(os.getenv("TENANTS") or "", "[^,]+") do
@@ -64,6 +66,8 @@ local function parse_tenants()
       id = id,
       headers = headers,
       usage = wrk.format("GET", "/v1/usage/" .. id, { ["Authorization"] = headers.Authorization }),
+      check = wrk.format("GET", "/v1/usage/" .. id .. "/check?tokens=10", { ["Authorization"] = headers.Authorization }),
+      reserve = wrk.format("POST", "/v1/reservations", headers, '{"tokens":1,"ttl_seconds":1}'),
     }
   end
   if #tenants == 0 then
@@ -136,6 +140,10 @@ function request()
   local tenant = tenants[counter % #tenants + 1]
   if KIND == "mix" and counter % USAGE_EVERY == 0 then
     return tenant.usage
+  elseif KIND == "check" then
+    return tenant.check
+  elseif KIND == "reserve" then
+    return tenant.reserve
   end
   posts = posts + 1
   local id = RUN .. "-" .. thread_index .. "-" .. counter
@@ -155,6 +163,8 @@ function response(status, headers, body)
     accepted = accepted + 1
   elseif status == 200 then
     reads_ok = reads_ok + 1
+  elseif status == 201 then
+    created = created + 1
   elseif status == 429 or status == 503 then
     refused = refused + 1 -- nothing of the request was taken
   else
@@ -163,7 +173,7 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local totals = { sent = 0, posts = 0, accepted = 0, reads_ok = 0, refused = 0, other = 0, dropped = 0 }
+  local totals = { sent = 0, posts = 0, accepted = 0, reads_ok = 0, created = 0, refused = 0, other = 0, dropped = 0 }
   for _, thread in ipairs(threads) do
     for name, _ in pairs(totals) do
       totals[name] = totals[name] + thread:get(name)

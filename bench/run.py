@@ -44,7 +44,6 @@ from bench.calibrate import calibrate, describe  # noqa: E402
 from bench.lag import LagProbe, create_tenant  # noqa: E402
 from bench.procs import ResourceSampler  # noqa: E402
 from bench.stack import DATABASE_LOCALE, production_postgres_settings, running_stack  # noqa: E402
-from loadtest.run import run_script  # noqa: E402
 
 from flagmeter.localstack import free_port, wait_port  # noqa: E402
 from loadtest import verify  # noqa: E402
@@ -71,6 +70,7 @@ TARGET_BATCH_EPS, TARGET_LAG_P99_MS, TARGET_SERVICE_US_PER_EVENT = 100_000, 2000
 TARGET_PSS_MB = 150.0
 # Issue 12: quota checks and reservations, p99 <= 5 ms at 1,000 requests/s (half each).
 QUOTA_STEP, QUOTA_RATE, TARGET_QUOTA_P99_MS = "quota-1000", 1000, 5.0
+QUOTA_CONNECTIONS = 50  # per wrk process (one for checks, one for reservations)
 
 
 @dataclass(frozen=True)
@@ -124,32 +124,43 @@ def measure_floor(seconds: int, rate: int, mode: str) -> dict[str, Any]:
     }
 
 
-def measure_quota(stack: Any, seconds: int, rate: int, summary_dir: Path) -> dict[str, Any]:
-    """bench/quota.js against the stack: p99 of check and of POST /v1/reservations, each on its own."""
+def measure_quota(stack: Any, seconds: int, rate: int, stamp: str) -> dict[str, Any]:
+    """Quota checks and reservations (issue 12), half the rate each, from two wrk processes at once
+    (bench/load.lua's check and reserve): the p99 of each on its own, and what the service's processes
+    and the generator spent per request."""
+    speed = calibrate(5_000, 3)
     tenant = f"bench-quota-{os.urandom(4).hex()}"
-    key = create_tenant(stack.api_url, stack.admin_token, tenant)
-    settings = {
-        "BASE_URL": stack.api_url, "KEY": key, "TENANT": tenant, "RATE": str(rate), "DURATION": f"{seconds}s",
-    }  # fmt: skip
-    k6 = run_script(ROOT / "bench" / "quota.js", settings, summary_dir, timeout_s=seconds + 120)
-    summary = json.loads(k6.summary_path.read_text())
-    result: dict[str, Any] = {"step": QUOTA_STEP, "offered_rps": rate, "seconds": seconds}
-    for name in ("check", "reserve"):
-        latency = _values(summary, f"http_req_duration{{name:{name}}}")
-        result[f"{name}_latency_ms"] = {
-            k: _round(latency.get(s), 2) for k, s in (("p50", "med"), ("p95", "p(95)"), ("p99", "p(99)"))
-        }
-    result["achieved_rps"] = _round(_values(summary, "iterations").get("count", 0) / seconds)
-    result["error_rate"] = _round(_values(summary, "http_req_failed").get("rate", 0.0), 5)
-    result["dropped_iterations"] = int(_values(summary, "dropped_iterations").get("count", 0))
-    p99s = [result[f"{n}_latency_ms"]["p99"] for n in ("check", "reserve")]
-    result["p99_within_target"] = all(p is not None and p <= TARGET_QUOTA_P99_MS for p in p99s)
+    tenants = [verify.Tenant(tenant, create_tenant(stack.api_url, stack.admin_token, tenant), verify.ZERO)]
+    loads = [generator.Load(kind, rate // 2, seconds, QUOTA_CONNECTIONS) for kind in ("check", "reserve")]
+    with ResourceSampler(stack.roles(), stack.cgroups()) as sampler:
+        own_cpu = time.process_time()
+        check, reserve = generator.run_together(loads, stack.api_url, tenants, f"{stamp.lower()}-quota")
+        own_cpu = time.process_time() - own_cpu
+    completed = check.completed + reserve.completed
+    cpu_s = cpu_breakdown(sampler, check.cpu_s, own_cpu)  # both wrk processes' CPU: see run_together
+    result: dict[str, Any] = {
+        "step": QUOTA_STEP,
+        "offered_rps": rate,
+        "seconds": seconds,
+        "calibration_us": speed["min_us"],
+        "connections": QUOTA_CONNECTIONS,
+        "check_latency_ms": check.latency_ms(),
+        "reserve_latency_ms": reserve.latency_ms(),
+        "achieved_rps": _round(completed / seconds),
+        # a check answers 200, a reservation 201: anything else (a 402, a 429) is an error here
+        "error_rate": _round(
+            (check.failed + reserve.failed + int(check.stats["created"]) + int(reserve.stats["reads_ok"]))
+            / max(int(check.stats["sent"]) + int(reserve.stats["sent"]), 1),
+            5,
+        ),
+        "dropped_iterations": int(check.stats["dropped"]) + int(reserve.stats["dropped"]),
+        "generator": {"check": check.stats, "reserve": reserve.stats},
+        "cpu_s": cpu_s,
+        "cpu_us_per_request": per_unit(cpu_s, completed),
+    }
+    p99s = [result[f"{name}_latency_ms"]["p99"] for name in ("check", "reserve")]
+    result["p99_within_target"] = all(p <= TARGET_QUOTA_P99_MS for p in p99s)
     return result
-
-
-def _values(summary: dict[str, Any], name: str) -> dict[str, float]:
-    metric = summary["metrics"].get(name)
-    return dict(metric["values"]) if metric else {}
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -498,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             if stack.api_processes != args.processes:
                 stack.start_api(args.processes)
             print(f"[bench] {QUOTA_STEP}: check + reserve {QUOTA_RATE}/s x {quota_s}s", file=sys.stderr)
-            quota = measure_quota(stack, quota_s, QUOTA_RATE, run_dir / "quota")
+            quota = measure_quota(stack, quota_s, QUOTA_RATE, stamp)
         elif run_quota:
             skipped.append({"step": QUOTA_STEP, "reason": "would overrun the 10-minute budget"})
     calibration["after"] = calibrate()
@@ -530,10 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(table(results))
     if quota is not None:
+        per = quota["cpu_us_per_request"]
         print(
             f"{QUOTA_STEP}: {quota['achieved_rps']}/s of {quota['offered_rps']}/s, check p99"
             f" {quota['check_latency_ms']['p99']} ms, reserve p99 {quota['reserve_latency_ms']['p99']} ms"
-            f" (target <= {TARGET_QUOTA_P99_MS} ms), errors {quota['error_rate']}"
+            f" (target <= {TARGET_QUOTA_P99_MS} ms), errors {quota['error_rate']}, dropped"
+            f" {quota['dropped_iterations']}; CPU per request: service {per['service']} us (API {per['api']},"
+            f" Redis {per['redis']}, PostgreSQL {per['postgres']}), generator {per['generator']} us"
         )
     for skip in skipped:
         print(f"skipped {skip['step']}: {skip['reason']}")

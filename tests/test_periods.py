@@ -7,7 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flagmeter.api.reservations import _period_fields
 from flagmeter.periods import period_containing
+from flagmeter.quota import day_field, period_days
+from flagmeter.store import Tenant
 
 
 def utc(*args: int) -> datetime:
@@ -90,3 +93,18 @@ def test_a_period_spans_one_calendar_month(moment: datetime, day: int) -> None:
     months = (period.end.year - period.start.year) * 12 + period.end.month - period.start.month
     assert months == 1
     assert timedelta(days=28) <= period.end - period.start <= timedelta(days=31)
+
+
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.integers(1, 31),
+)
+def test_the_checks_period_built_once_a_day_is_the_period_of_the_moment(moment: datetime, day: int) -> None:
+    """Checks and reservations build a tenant's period and its day fields once per UTC day (a cache):
+    at any moment of that day they are what the moment itself gives."""
+    tenant = Tenant("acme", "Acme", 1000, day, moment)
+    period, fields = _period_fields(tenant, moment)
+    assert period == period_containing(moment, day)
+    assert list(fields) == [day_field("acme", name) for name in period_days(period)]
+    assert fields[0] == f"acme|{period.start:%Y-%m-%d}"
+    assert len(fields) == (period.end - period.start).days

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from .clock import Clock
-from .quota_figures import TALLY_LUA, QuotaKeys
+from .quota_figures import HOLDS_LUA, TALLY_LUA, QuotaKeys
 
 
 class RedisUnavailable(Exception):
@@ -69,6 +69,7 @@ end
 # over its tenant's limit.
 APPEND_LUA = (
     APPEND_ENTRY_LUA
+    + HOLDS_LUA
     + """
 local rate_now, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local results = {}
@@ -98,8 +99,7 @@ while i <= #ARGV do
       local id = ARGV[i + 7 + 3 * s]
       local expires = redis.call('ZSCORE', expiry, id)
       if expires and tonumber(expires) > now then  -- an expired hold is left to be counted as expired
-        redis.call('HDEL', holds, id)
-        redis.call('ZREM', expiry, id)
+        drop_holds(holds, expiry, {id})
         result = result + 1
       end
     end

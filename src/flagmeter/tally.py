@@ -6,8 +6,9 @@ so they are atomic across every API process and replica and need no PostgreSQL q
   only when XACK really acknowledged it (stream.py): every 202 is included, nothing twice.
 - counted: absolute per-day totals from PostgreSQL's `daily_totals`, merged with max() by the same
   script that acks, so two workers out of order or a crash between commit and ack lose nothing.
-- holds: per tenant a hash id -> tokens and a sorted set id -> expiry (service clock, ms); every call
-  that reads a tenant's holds first drops its expired ones.
+- holds: per tenant a hash id -> tokens, with their running total, and a sorted set id -> expiry
+  (service clock, ms; quota_figures.HOLDS_LUA); every call that reads a tenant's holds first drops its
+  expired ones.
 - loaded: a marker; without it (Redis lost its data) the figures are rebuilt from PostgreSQL and the
   stream before any answer, so a check never answers 0 used for want of them.
 
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .quota_figures import MAX_MERGE_LUA, TALLY_LUA
+from .quota_figures import HOLDS_LUA, MAX_MERGE_LUA, TALLY_LUA
 from .stream import RedisUnavailable, Stream, on_redis
 
 DailyTotals = Sequence[tuple[str, int]]  # (day_field(tenant, day), tokens)
@@ -31,13 +32,12 @@ REBUILD_WAIT_S = 10.0
 MERGE_CHUNK = 2000  # fields per merge call: Redis runs each call alone, keep them short
 
 # Drop a tenant's expired holds (at most 1000 a call); returns how many.
-PURGE_LUA = """
+PURGE_LUA = (
+    HOLDS_LUA
+    + """
 local function purge(holds, expiry, now)
   local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 1000)
-  if #gone > 0 then
-    redis.call('HDEL', holds, unpack(gone))
-    redis.call('ZREM', expiry, unpack(gone))
-  end
+  drop_holds(holds, expiry, gone)
   return #gone
 end
 local function sum(values)
@@ -52,6 +52,7 @@ local function used(counted, pending, first)
   return sum(redis.call('HMGET', counted, unpack(fields))) + sum(redis.call('HMGET', pending, unpack(fields)))
 end
 """
+)
 # KEYS: counted, pending, holds, expiry, loaded. ARGV: now_ms, then the period's day fields.
 # Reply {used, reserved, expired}, or {-1} when the figures must be rebuilt first.
 CHECK_LUA = (
@@ -59,7 +60,7 @@ CHECK_LUA = (
     + """
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1} end
 local expired = purge(KEYS[3], KEYS[4], ARGV[1])
-return {used(KEYS[1], KEYS[2], 2), sum(redis.call('HVALS', KEYS[3])), expired}
+return {used(KEYS[1], KEYS[2], 2), holds_total(KEYS[3]), expired}
 """
 )
 # KEYS as CHECK. ARGV: now_ms, quota, tokens, id, expires_ms, then the day fields.
@@ -71,7 +72,7 @@ RESERVE_LUA = (
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1} end
 local expired = purge(KEYS[3], KEYS[4], ARGV[1])
 local spent = used(KEYS[1], KEYS[2], 6)
-local reserved = sum(redis.call('HVALS', KEYS[3]))
+local reserved = holds_total(KEYS[3])
 local held = redis.call('HGET', KEYS[3], ARGV[4])
 if held then
   return {2, tonumber(held), tonumber(redis.call('ZSCORE', KEYS[4], ARGV[4])), spent, reserved, expired}
@@ -80,20 +81,21 @@ local tokens = tonumber(ARGV[3])
 if tokens > math.max(0, tonumber(ARGV[2]) - spent - reserved) then
   return {0, 0, 0, spent, reserved, expired}
 end
-redis.call('HSET', KEYS[3], ARGV[4], tokens)
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+add_hold(KEYS[3], KEYS[4], ARGV[4], ARGV[3], ARGV[5])
 return {1, tokens, tonumber(ARGV[5]), spent, reserved + tokens, expired}
 """
 )
 # KEYS: holds, expiry. ARGV: now_ms, id. Reply 1 released, 0 unknown, -1 it had expired (now dropped).
-RELEASE_LUA = """
+RELEASE_LUA = (
+    HOLDS_LUA
+    + """
 local expires = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not expires then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
+drop_holds(KEYS[1], KEYS[2], {ARGV[2]})
 if tonumber(expires) <= tonumber(ARGV[1]) then return -1 end
 return 1
 """
+)
 # KEYS: holds, expiry. ARGV: now_ms. Reply {expired, id, tokens, expires_ms, ...}.
 LIST_LUA = (
     PURGE_LUA

@@ -35,6 +35,7 @@ from bench.run import FLOOR_MODES, against_targets, transactions, worker_batches
 from bench.stack import DATABASE_LOCALE, production_postgres_settings, sql_value, warm_wal  # noqa: E402
 
 from flagmeter.localstack import LocalStack, free_port  # noqa: E402
+from loadtest import verify  # noqa: E402
 from stacklib import Stack, wait_until  # noqa: E402
 
 BURN_CPU = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -260,6 +261,54 @@ def test_random_ids_lead_each_event_with_hex_digits_of_its_own() -> None:
         assert [event["tokens"] for event in batch] == [i % 1000 + 1 for i in range(30)]
         batch_ids = [str(event["id"]) for event in batch]
         assert sorted(batch_ids) != batch_ids
+
+
+def test_the_quota_loads_check_and_reserve_as_the_tenant_each_from_its_own_wrk() -> None:
+    """bench/run.py's quota step: checks (200) and reservations (201) at once from two wrk processes,
+    each request with the tenant's key, none counted as an error, and each load's latencies its own."""
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.command, self.path, self.headers["Authorization"], body))
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_GET(self) -> None:
+            self._answer(200)
+
+        def do_POST(self) -> None:
+            self._answer(201)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Thread(target=server.serve_forever, daemon=True).start()
+    tenant = verify.Tenant("acme", "fm_key", verify.ZERO)
+    loads = [generator.Load(kind, rate=20, seconds=1, connections=2) for kind in ("check", "reserve")]
+    try:
+        check, reserve = generator.run_together(
+            loads, f"http://127.0.0.1:{server.server_port}", [tenant], "q"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert check.failed == reserve.failed == 0
+    assert check.stats["reads_ok"] == check.completed >= 10 and check.stats["created"] == 0
+    assert reserve.stats["created"] == reserve.completed >= 10 and reserve.stats["reads_ok"] == 0
+    assert check.stats["posts"] == reserve.stats["posts"] == 0  # no events: nothing to count
+    assert check.cpu_s == reserve.cpu_s > 0  # the two wrk processes' CPU, together
+    checks = {(m, p, a, b) for m, p, a, b in seen if m == "GET"}
+    reservations = {(m, p, a, b) for m, p, a, b in seen if m == "POST"}
+    assert checks == {("GET", "/v1/usage/acme/check?tokens=10", "Bearer fm_key", b"")}
+    assert {(m, p, a) for m, p, a, _ in reservations} == {("POST", "/v1/reservations", "Bearer fm_key")}
+    assert {b for *_, b in reservations} == {b'{"tokens":1,"ttl_seconds":1}'}
 
 
 def test_the_benchs_cluster_has_the_locale_of_the_postgres_image_it_stands_for() -> None:

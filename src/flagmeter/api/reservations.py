@@ -4,7 +4,8 @@ DELETE /v1/reservations/{id}. Answered from Redis alone (tally.py); PostgreSQL o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -41,9 +42,17 @@ def create_tally(store: Store, stream: Any, settings: Any) -> Tally:
     return Tally(stream, load_counted)
 
 
-def _period_fields(tenant: Tenant, now: datetime) -> tuple[Period, list[str]]:
-    period = period_containing(now, tenant.billing_day)
-    return period, [day_field(tenant.id, day) for day in period_days(period)]
+def _period_fields(tenant: Tenant, now: datetime) -> tuple[Period, tuple[str, ...]]:
+    """The billing period `now` falls in and its days' fields in the quota figures."""
+    return _period_fields_on(tenant.id, tenant.billing_day, now.astimezone(UTC).date())
+
+
+# A period begins and ends at a UTC midnight, so a tenant's period and fields change with the UTC day at
+# most: built once a day, not per request (~30 strftime and f-strings, 13 % of a check's API CPU).
+@lru_cache(maxsize=1024)
+def _period_fields_on(tenant_id: str, billing_day: int, day: date) -> tuple[Period, tuple[str, ...]]:
+    period = period_containing(datetime(day.year, day.month, day.day, tzinfo=UTC), billing_day)
+    return period, tuple(day_field(tenant_id, name) for name in period_days(period))
 
 
 def _unavailable() -> ApiError:
