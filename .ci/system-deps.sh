@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the system packages `make run` / `make test` need, when missing. Idempotent.
 #   .ci/system-deps.sh run    PostgreSQL and Redis server binaries, python3-venv
-#   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool, the bench's locale
+#   .ci/system-deps.sh test   the above plus Docker, debootstrap, Chromium, promtool, wrk, the bench's locale
 #   .ci/system-deps.sh bench  the `run` set plus wrk (the bench's load generator) and the en_US.UTF-8
 #                             locale (its PostgreSQL runs under the postgres image's locale)
 # As root it installs with apt; otherwise it prints the commands to run.
@@ -14,9 +14,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || want python3-venv
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || has pg_ctl || want postgresql
 has redis-server || has valkey-server || want redis-server
 locale_missing() { ! locale -a 2>/dev/null | grep -qx 'en_US.utf8'; }
-if [ "${1:-run}" = bench ]; then
-  has wrk || want wrk
-fi
+case "${1:-run}" in bench | test) has wrk || want wrk ;; esac
 case "${1:-run}" in bench | test) bench_locale=1 ;; *) bench_locale= ;; esac
 if [ -n "$bench_locale" ] && locale_missing; then [ -f /usr/share/i18n/locales/en_US ] || want locales; fi
 if [ "${1:-run}" = test ]; then

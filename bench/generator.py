@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,37 +91,38 @@ def run_together(
     """Each load from a wrk of its own, all at once (each keeps its own latencies: wrk's are one
     histogram per run). The CPU the wrk processes took cannot be told apart: each result's `cpu_s` is
     theirs together."""
-    started = []
+    started: list[subprocess.Popen[str]] = []
+    deadline = time.monotonic() + max(load.seconds for load in loads) + 60
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for index, load in enumerate(loads):
-        env = {
-            **os.environ,
-            "KIND": load.kind,
-            "RATE": str(load.rate),
-            "SECONDS": str(load.seconds),
-            "THREADS": str(load.threads),
-            "BATCH": str(load.batch),
-            "IDS": load.ids,
-            "RUN": f"{run_id}-{index}" if len(loads) > 1 else run_id,
-            "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
-        }
-        command = [
-            wrk_binary(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds + GRACE_S}s",
-            "--timeout", "10s", "-s", str(SCRIPT), base_url,
-        ]  # fmt: skip
-        started.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
     outputs = []
-    for load, process in zip(loads, started, strict=True):
-        try:
-            stdout, stderr = process.communicate(timeout=load.seconds + 60)
-        except subprocess.TimeoutExpired:
-            for other in started:
-                other.kill()
-                other.communicate()
-            raise
-        outputs.append((process.returncode, stdout, stderr))
+    try:
+        for index, load in enumerate(loads):
+            env = {
+                **os.environ,
+                "KIND": load.kind,
+                "RATE": str(load.rate),
+                "SECONDS": str(load.seconds),
+                "THREADS": str(load.threads),
+                "BATCH": str(load.batch),
+                "IDS": load.ids,
+                "RUN": f"{run_id}-{index}" if len(loads) > 1 else run_id,
+                "TENANTS": ",".join(f"{t.id}={t.key}" for t in tenants),
+            }
+            command = [
+                wrk_binary(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds + GRACE_S}s",
+                "--timeout", "10s", "-s", str(SCRIPT), base_url,
+            ]  # fmt: skip
+            started.append(
+                subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        for process in started:
+            stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            outputs.append((process.returncode, stdout, stderr))
+    finally:
+        for process in started:  # on a timeout or an interrupt: no wrk outlives the call
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     results = []

@@ -103,8 +103,10 @@ def test_the_checks_period_built_once_a_day_is_the_period_of_the_moment(moment: 
     """Checks and reservations build a tenant's period and its day fields once per UTC day (a cache):
     at any moment of that day they are what the moment itself gives."""
     tenant = Tenant("acme", "Acme", 1000, day, moment)
-    period, fields = _period_fields(tenant, moment)
-    assert period == period_containing(moment, day)
-    assert list(fields) == [day_field("acme", name) for name in period_days(period)]
-    assert fields[0] == f"acme|{period.start:%Y-%m-%d}"
-    assert len(fields) == (period.end - period.start).days
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    for when in (midnight, moment, midnight + timedelta(days=1, microseconds=-1)):
+        period, fields = _period_fields(tenant, when)
+        assert period == period_containing(when, day)
+        assert fields == [day_field("acme", name) for name in period_days(period)]
+        assert fields[0] == f"acme|{period.start:%Y-%m-%d}"
+        assert len(fields) == (period.end - period.start).days

@@ -263,25 +263,36 @@ def test_a_check_reads_the_total_of_the_holds_not_every_hold(env: LocalEnv) -> N
         client.close()
 
 
-def test_holds_written_without_their_total_are_summed_once_and_released_to_no_key(env: LocalEnv) -> None:
-    """Holds as a version before the running total wrote them (a hash of id -> tokens only): the first
-    call sums them, and releasing every hold leaves no key behind."""
+def test_holds_changed_by_a_version_without_their_total_are_summed_afresh(env: LocalEnv) -> None:
+    """A version before the total (a rolling upgrade's older replica, or after a rollback) changes the
+    holds hash and the expiry set only: the total is summed again once the holds' count disagrees with
+    it, and only then; the last hold gone, no key is left."""
     tenant, key = _tenant(env, quota=1000)
     keys = QuotaKeys.beside(env.env.get("FLAGMETER_STREAM", "flagmeter:events"))
-    holds, expiry = keys.holds(tenant), keys.expiry(tenant)
+    holds, expiry, held = keys.of_holds(tenant)
     far = int(time.time() * 1000) + 600_000
     client = redis.Redis.from_url(env.env["REDIS_URL"])
     try:
-        client.hset(holds, mapping={"older-a": 300, "older-b": 200})
+        client.hset(holds, mapping={"older-a": 300, "older-b": 200})  # as the older version writes them
         client.zadd(expiry, {"older-a": far, "older-b": far})
+        before = _hvals_calls(client)
         body = _check(env, tenant)
         assert (body["reserved"], body["remaining"]) == (500, 500)
         assert _reserve(env, key, 501)[0] == 402
-        assert env.request("DELETE", "/v1/reservations/older-a", token=key)[0] == 204
-        assert _check(env, tenant)["reserved"] == 200
-        assert env.request("DELETE", "/v1/reservations/older-b", token=key)[0] == 204
+        assert _reserve(env, key, 100, id="newer")[0] == 201
+        assert _check(env, tenant)["reserved"] == 600
+        assert _hvals_calls(client) == before + 1  # summed once, then kept
+
+        client.hdel(holds, "older-a", "older-b")  # the older version releases two and holds another
+        client.zrem(expiry, "older-a", "older-b")
+        client.hset(holds, "older-c", 50)
+        client.zadd(expiry, {"older-c": far})
+        assert _check(env, tenant)["reserved"] == 150
+        assert _hvals_calls(client) == before + 2
+        for ident in ("newer", "older-c"):
+            assert env.request("DELETE", f"/v1/reservations/{ident}", token=key)[0] == 204
         assert _check(env, tenant)["reserved"] == 0
-        assert client.exists(holds, expiry) == 0
+        assert client.exists(holds, expiry, held) == 0
     finally:
         client.close()
 

@@ -64,7 +64,7 @@ end
 # to the pending figures and settles the reservations its events name.
 # KEYS: stream, pending, then rate-limit buckets and hold keys. ARGV: rate_now_ms, now_ms (service
 # clock), then per request: bucket key index (0: not limited), rate, payload, tally, n, and n times
-# (holds key index, expiry key index, reservation id).
+# (holds key index, expiry key index, held key index, reservation id).
 # The reply holds, per request, 1 + reservations settled when appended, or -(milliseconds to wait) when
 # over its tenant's limit.
 APPEND_LUA = (
@@ -95,17 +95,17 @@ while i <= #ARGV do
   if result > 0 then
     append_entry(KEYS[1], KEYS[2], ARGV[i + 2], ARGV[i + 3])
     for s = 0, settles - 1 do
-      local holds, expiry = KEYS[tonumber(ARGV[i + 5 + 3 * s])], KEYS[tonumber(ARGV[i + 6 + 3 * s])]
-      local id = ARGV[i + 7 + 3 * s]
+      local holds, expiry = KEYS[tonumber(ARGV[i + 5 + 4 * s])], KEYS[tonumber(ARGV[i + 6 + 4 * s])]
+      local held, id = KEYS[tonumber(ARGV[i + 7 + 4 * s])], ARGV[i + 8 + 4 * s]
       local expires = redis.call('ZSCORE', expiry, id)
       if expires and tonumber(expires) > now then  -- an expired hold is left to be counted as expired
-        drop_holds(holds, expiry, {id})
+        drop_holds(holds, expiry, held, {id})
         result = result + 1
       end
     end
   end
   results[#results + 1] = result
-  i = i + 5 + 3 * settles
+  i = i + 5 + 4 * settles
 end
 return results
 """
@@ -200,8 +200,8 @@ class Appender:
                 args += [len(keys), request.rate]
             args += [request.payload, request.tally, len(request.settle)]
             for tenant, reservation in request.settle:
-                keys += [self.quota_keys.holds(tenant), self.quota_keys.expiry(tenant)]
-                args += [len(keys) - 1, len(keys), reservation]
+                keys += self.quota_keys.of_holds(tenant)
+                args += [len(keys) - 2, len(keys) - 1, len(keys), reservation]
         try:
             results = await self._call_append(keys, args)
         except Exception as error:  # whatever it is, no request may wait forever on its future

@@ -26,36 +26,50 @@ local function add_tally(pending, tally, sign)
   end
 end
 """
-# A tenant's holds: a hash id -> tokens and a sorted set id -> expiry (service clock, ms). The hash's
-# field HOLDS_TOTAL keeps the sum of the others, so a check or a grant reads one field, not every live
-# hold: summing them (HVALS) cost Valkey ~150 us of CPU per call at 500 live holds, and grew with them.
-# Hold ids are printable ASCII (quota.RESERVATION_ID): never that field's name. Holds written before the
-# total was kept are summed once, by the first call that reads them. Tokens travel as integer strings.
+# A tenant's holds: a hash id -> tokens and a sorted set id -> expiry (service clock, ms), and beside them
+# `held`, a hash of their total tokens and how many they are, so a check or a grant reads two fields, not
+# every live hold: summing them (HVALS) cost Valkey ~150 us of CPU per call at 500 live holds, and grew
+# with them. A version without `held` (the holds of a rolling upgrade's older replicas, or written after a
+# rollback) changes the holds but not `held`: a count that is not the holds' HLEN shows it, and the total
+# is summed afresh. `held` goes with the last hold. Tokens travel as integer strings.
 HOLDS_LUA = """
-local HOLDS_TOTAL = '\\0total'
-local function holds_total(holds)
-  local total = redis.call('HGET', holds, HOLDS_TOTAL)
-  if total then return tonumber(total) end
+local function holds_total(holds, held)
+  local kept = redis.call('HMGET', held, 'tokens', 'count')
+  local count = redis.call('HLEN', holds)
+  if kept[1] and tonumber(kept[2]) == count then return tonumber(kept[1]) end
+  if count == 0 then
+    if kept[1] then redis.call('DEL', held) end
+    return 0
+  end
   local sum = 0
   for _, value in ipairs(redis.call('HVALS', holds)) do sum = sum + (tonumber(value) or 0) end
-  if sum > 0 then redis.call('HSET', holds, HOLDS_TOTAL, string.format('%d', sum)) end
+  redis.call('HSET', held, 'tokens', string.format('%d', sum), 'count', count)
   return sum
 end
-local function add_hold(holds, expiry, id, tokens, expires_ms)
-  holds_total(holds)
-  redis.call('HINCRBY', holds, HOLDS_TOTAL, tokens)
-  redis.call('HSET', holds, id, tokens)
+local function add_hold(holds, expiry, held, id, tokens, expires_ms)
+  holds_total(holds, held)
+  if redis.call('HSET', holds, id, tokens) == 1 then
+    redis.call('HINCRBY', held, 'tokens', tokens)
+    redis.call('HINCRBY', held, 'count', 1)
+  end
   redis.call('ZADD', expiry, expires_ms, id)
 end
-local function drop_holds(holds, expiry, ids)
+local function drop_holds(holds, expiry, held, ids)
   if #ids == 0 then return end
-  holds_total(holds)
-  local gone = 0
-  for _, value in ipairs(redis.call('HMGET', holds, unpack(ids))) do gone = gone + (tonumber(value) or 0) end
+  holds_total(holds, held)
+  local gone, dropped = 0, 0
+  for _, value in ipairs(redis.call('HMGET', holds, unpack(ids))) do
+    if value then
+      gone, dropped = gone + tonumber(value), dropped + 1
+    end
+  end
   redis.call('HDEL', holds, unpack(ids))
   redis.call('ZREM', expiry, unpack(ids))
-  if redis.call('HINCRBY', holds, HOLDS_TOTAL, string.format('%d', -gone)) <= 0 then
-    redis.call('HDEL', holds, HOLDS_TOTAL)  -- no hold left: no key left
+  if redis.call('HLEN', holds) == 0 then
+    redis.call('DEL', held)
+  elseif dropped > 0 then
+    redis.call('HINCRBY', held, 'tokens', string.format('%d', -gone))
+    redis.call('HINCRBY', held, 'count', -dropped)
   end
 end
 """
@@ -90,3 +104,10 @@ class QuotaKeys:
 
     def expiry(self, tenant: str) -> str:
         return f"{self.base}:expiry:{tenant}"
+
+    def held(self, tenant: str) -> str:
+        return f"{self.base}:held:{tenant}"
+
+    def of_holds(self, tenant: str) -> list[str]:
+        """A tenant's holds, their expiry and their total (HOLDS_LUA), in that order."""
+        return [self.holds(tenant), self.expiry(tenant), self.held(tenant)]

@@ -6,8 +6,8 @@ so they are atomic across every API process and replica and need no PostgreSQL q
   only when XACK really acknowledged it (stream.py): every 202 is included, nothing twice.
 - counted: absolute per-day totals from PostgreSQL's `daily_totals`, merged with max() by the same
   script that acks, so two workers out of order or a crash between commit and ack lose nothing.
-- holds: per tenant a hash id -> tokens, with their running total, and a sorted set id -> expiry
-  (service clock, ms; quota_figures.HOLDS_LUA); every call that reads a tenant's holds first drops its
+- holds: per tenant a hash id -> tokens and a sorted set id -> expiry (service clock, ms), with their
+  total beside them (quota_figures.HOLDS_LUA); every call that reads a tenant's holds first drops its
   expired ones.
 - loaded: a marker; without it (Redis lost its data) the figures are rebuilt from PostgreSQL and the
   stream before any answer, so a check never answers 0 used for want of them.
@@ -35,9 +35,9 @@ MERGE_CHUNK = 2000  # fields per merge call: Redis runs each call alone, keep th
 PURGE_LUA = (
     HOLDS_LUA
     + """
-local function purge(holds, expiry, now)
+local function purge(holds, expiry, held, now)
   local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 1000)
-  drop_holds(holds, expiry, gone)
+  drop_holds(holds, expiry, held, gone)
   return #gone
 end
 local function sum(values)
@@ -53,14 +53,14 @@ local function used(counted, pending, first)
 end
 """
 )
-# KEYS: counted, pending, holds, expiry, loaded. ARGV: now_ms, then the period's day fields.
+# KEYS: counted, pending, holds, expiry, loaded, held. ARGV: now_ms, then the period's day fields.
 # Reply {used, reserved, expired}, or {-1} when the figures must be rebuilt first.
 CHECK_LUA = (
     PURGE_LUA
     + """
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1} end
-local expired = purge(KEYS[3], KEYS[4], ARGV[1])
-return {used(KEYS[1], KEYS[2], 2), holds_total(KEYS[3]), expired}
+local expired = purge(KEYS[3], KEYS[4], KEYS[6], ARGV[1])
+return {used(KEYS[1], KEYS[2], 2), holds_total(KEYS[3], KEYS[6]), expired}
 """
 )
 # KEYS as CHECK. ARGV: now_ms, quota, tokens, id, expires_ms, then the day fields.
@@ -70,9 +70,9 @@ RESERVE_LUA = (
     PURGE_LUA
     + """
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-1} end
-local expired = purge(KEYS[3], KEYS[4], ARGV[1])
+local expired = purge(KEYS[3], KEYS[4], KEYS[6], ARGV[1])
 local spent = used(KEYS[1], KEYS[2], 6)
-local reserved = holds_total(KEYS[3])
+local reserved = holds_total(KEYS[3], KEYS[6])
 local held = redis.call('HGET', KEYS[3], ARGV[4])
 if held then
   return {2, tonumber(held), tonumber(redis.call('ZSCORE', KEYS[4], ARGV[4])), spent, reserved, expired}
@@ -81,26 +81,26 @@ local tokens = tonumber(ARGV[3])
 if tokens > math.max(0, tonumber(ARGV[2]) - spent - reserved) then
   return {0, 0, 0, spent, reserved, expired}
 end
-add_hold(KEYS[3], KEYS[4], ARGV[4], ARGV[3], ARGV[5])
+add_hold(KEYS[3], KEYS[4], KEYS[6], ARGV[4], ARGV[3], ARGV[5])
 return {1, tokens, tonumber(ARGV[5]), spent, reserved + tokens, expired}
 """
 )
-# KEYS: holds, expiry. ARGV: now_ms, id. Reply 1 released, 0 unknown, -1 it had expired (now dropped).
+# KEYS: holds, expiry, held. ARGV: now_ms, id. Reply 1 released, 0 unknown, -1 it had expired (now dropped).
 RELEASE_LUA = (
     HOLDS_LUA
     + """
 local expires = redis.call('ZSCORE', KEYS[2], ARGV[2])
 if not expires then return 0 end
-drop_holds(KEYS[1], KEYS[2], {ARGV[2]})
+drop_holds(KEYS[1], KEYS[2], KEYS[3], {ARGV[2]})
 if tonumber(expires) <= tonumber(ARGV[1]) then return -1 end
 return 1
 """
 )
-# KEYS: holds, expiry. ARGV: now_ms. Reply {expired, id, tokens, expires_ms, ...}.
+# KEYS: holds, expiry, held. ARGV: now_ms. Reply {expired, id, tokens, expires_ms, ...}.
 LIST_LUA = (
     PURGE_LUA
     + """
-local reply = {purge(KEYS[1], KEYS[2], ARGV[1])}
+local reply = {purge(KEYS[1], KEYS[2], KEYS[3], ARGV[1])}
 local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #entries, 2 do
   reply[#reply + 1] = entries[i]
@@ -166,7 +166,8 @@ class Tally:
 
     def _tenant_keys(self, tenant: str) -> list[str]:
         keys = self.keys
-        return [keys.counted, keys.pending, keys.holds(tenant), keys.expiry(tenant), keys.loaded]
+        holds, expiry, held = keys.of_holds(tenant)
+        return [keys.counted, keys.pending, holds, expiry, keys.loaded, held]
 
     async def figures(self, tenant: str, days: Sequence[str], now_ms: int) -> tuple[int, int, int]:
         """(used, reserved, expired holds dropped) for the tenant over `days` (day fields)."""
@@ -192,12 +193,12 @@ class Tally:
 
     async def release(self, tenant: str, ident: str, now_ms: int) -> int:
         """1 released, 0 no such hold, -1 it had expired."""
-        keys = [self.keys.holds(tenant), self.keys.expiry(tenant)]
+        keys = self.keys.of_holds(tenant)
         return int(await on_redis(self._release(keys=keys, args=[now_ms, ident])))
 
     async def holds(self, tenant: str, now_ms: int) -> tuple[list[Hold], int]:
         """The tenant's active holds, soonest to expire first, and how many expired ones were dropped."""
-        keys = [self.keys.holds(tenant), self.keys.expiry(tenant)]
+        keys = self.keys.of_holds(tenant)
         reply = await on_redis(self._list(keys=keys, args=[now_ms]))
         rows = reply[1:]
         holds = [

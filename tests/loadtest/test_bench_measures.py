@@ -291,7 +291,7 @@ def test_the_quota_loads_check_and_reserve_as_the_tenant_each_from_its_own_wrk()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     Thread(target=server.serve_forever, daemon=True).start()
     tenant = verify.Tenant("acme", "fm_key", verify.ZERO)
-    loads = [generator.Load(kind, rate=20, seconds=1, connections=2) for kind in ("check", "reserve")]
+    loads = [generator.Load(kind, rate=20, seconds=2, connections=2) for kind in ("check", "reserve")]
     try:
         check, reserve = generator.run_together(
             loads, f"http://127.0.0.1:{server.server_port}", [tenant], "q"
