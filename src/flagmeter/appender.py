@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from .clock import Clock
 from .quota_figures import HOLDS_LUA, TALLY_LUA, QuotaKeys
+from .script_calls import GroupCommit, ScriptCalls
 
 
 class RedisUnavailable(Exception):
@@ -124,21 +124,18 @@ class _Append:
     done: asyncio.Future[int]
 
 
-class Appender:
+class Appender(GroupCommit[_Append]):
     def __init__(self, client: redis.Redis, stream: str, quota_keys: QuotaKeys, clock: Clock) -> None:
+        super().__init__()  # one call at a time, the requests that arrive meanwhile in the next
         self.client: Any = client
         self.stream = stream
         self.quota_keys = quota_keys
         self.clock = clock
         self._script = client.register_script(APPEND_LUA)
-        self._append_sha = self._script.sha
-        self._waiting: list[_Append] = []
-        self._sending: asyncio.Task[None] | None = None  # the one call in flight: one connection
-        self._append_connection: Any = None
+        self._calls = ScriptCalls(client)  # a connection of the appends' own
 
     async def close(self) -> None:
-        if self._append_connection is not None:
-            await self._append_connection.disconnect()
+        await self._calls.close()
 
     async def append(
         self,
@@ -166,28 +163,18 @@ class Appender:
             settle,
             asyncio.get_running_loop().create_future(),
         )
-        self._waiting.append(request)
-        if len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)  # after this turn: its requests join
+        self._enqueue(request)
         result = await request.done
         if result < 0:
             raise RateLimited(-result)
         return result - 1
 
-    def _flush(self) -> None:
-        if not self._waiting or self._sending is not None:
-            return  # the call in flight flushes again when it ends
+    def _take(self, waiting: list[_Append]) -> int:
         take, size = 0, 0
-        while take < len(self._waiting) and (take == 0 or size < MAX_APPEND_BYTES):
-            size += len(self._waiting[take].payload)
+        while take < len(waiting) and (take == 0 or size < MAX_APPEND_BYTES):
+            size += len(waiting[take].payload)
             take += 1
-        batch, self._waiting = self._waiting[:take], self._waiting[take:]
-        self._sending = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add_done_callback(self._sent)
-
-    def _sent(self, _done: object) -> None:
-        self._sending = None
-        self._flush()
+        return take
 
     async def _send(self, batch: list[_Append]) -> None:
         keys = [self.stream, self.quota_keys.pending]
@@ -203,7 +190,9 @@ class Appender:
                 keys += self.quota_keys.of_holds(tenant)
                 args += [len(keys) - 2, len(keys) - 1, len(keys), reservation]
         try:
-            results = await self._call_append(keys, args)
+            # A call that met a closed connection is sent once more: had the first run after all,
+            # its events are appended twice and the worker counts them once.
+            results = list(await self._calls.call(self._script, keys, args))
         except Exception as error:  # whatever it is, no request may wait forever on its future
             for request in batch:
                 if not request.done.done():
@@ -212,32 +201,3 @@ class Appender:
         for request, result in zip(batch, results, strict=True):
             if not request.done.done():
                 request.done.set_result(int(result))
-
-    async def _call_append(self, keys: list[str], args: list[Any]) -> list[int]:
-        """The script call on a connection of its own, around redis-py's client layer.
-
-        Appends go one call at a time (see `append`), so one connection is enough; skipping the
-        client's pool, retry and script wrappers halves the CPU of a call (~250 -> ~130 us here).
-        """
-        if self._append_connection is None:
-            self._append_connection = self.client.connection_pool.make_connection()
-        connection = self._append_connection
-        try:
-            try:
-                return await self._run_append(connection, keys, args)
-            except RedisConnectionError:
-                # Redis closed this connection (it restarted, say): once more on a fresh one. Had the
-                # first call run after all, its events are appended twice and the worker counts them once.
-                await connection.disconnect(nowait=True)
-                return await self._run_append(connection, keys, args)
-        except BaseException:
-            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
-            raise
-
-    async def _run_append(self, connection: Any, keys: list[str], args: list[Any]) -> list[int]:
-        try:
-            await connection.send_command("EVALSHA", self._append_sha, len(keys), *keys, *args)
-            return list(await connection.read_response())
-        except NoScriptError:  # Redis restarted and lost its script cache
-            await connection.send_command("EVAL", APPEND_LUA, len(keys), *keys, *args)
-            return list(await connection.read_response())

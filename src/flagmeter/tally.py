@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .quota_figures import HOLDS_LUA, MAX_MERGE_LUA, TALLY_LUA
+from .script_calls import ScriptCalls
 from .stream import RedisUnavailable, Stream, on_redis
 
 DailyTotals = Sequence[tuple[str, int]]  # (day_field(tenant, day), tokens)
@@ -163,6 +164,10 @@ class Tally:
         self._list = self.client.register_script(LIST_LUA)
         self._merge = self.client.register_script(MERGE_LUA)
         self._rebuild_pending = self.client.register_script(REBUILD_PENDING_LUA)
+        self._calls = ScriptCalls(self.client)  # checks and grants: a connection of their own
+
+    async def close(self) -> None:
+        await self._calls.close()
 
     def _tenant_keys(self, tenant: str) -> list[str]:
         keys = self.keys
@@ -207,10 +212,10 @@ class Tally:
         return holds, int(reply[0])
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
-        reply = await on_redis(script(keys=keys, args=args))
+        reply = await on_redis(self._calls.call(script, keys, args))
         if int(reply[0]) == -1:
             await self.rebuild()
-            reply = await on_redis(script(keys=keys, args=args))
+            reply = await on_redis(self._calls.call(script, keys, args))
             if int(reply[0]) == -1:
                 raise RedisUnavailable("quota figures are being rebuilt; retry")
         return list(reply)

@@ -88,5 +88,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     sampler = asyncio.create_task(metrics.sample_process_forever("api"))
     yield
     sampler.cancel()
+    await app["tally"].close()
     await stream.close()
     await store.close()
