@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from .clock import Clock
 from .quota_figures import HOLDS_LUA, TALLY_LUA, QuotaKeys
-from .script_calls import GroupCommit, ScriptCalls
+from .script_calls import GroupCommit, ScriptConnection
 
 
 class RedisUnavailable(Exception):
@@ -132,10 +132,10 @@ class Appender(GroupCommit[_Append]):
         self.quota_keys = quota_keys
         self.clock = clock
         self._script = client.register_script(APPEND_LUA)
-        self._calls = ScriptCalls(client)  # a connection of the appends' own
+        self._connection = ScriptConnection(client)  # the appends' own: one call at a time
 
     async def close(self) -> None:
-        await self._calls.close()
+        await self._connection.close()
 
     async def append(
         self,
@@ -192,7 +192,7 @@ class Appender(GroupCommit[_Append]):
         try:
             # A call that met a closed connection is sent once more: had the first run after all,
             # its events are appended twice and the worker counts them once.
-            results = list(await self._calls.call(self._script, keys, args))
+            results = list(await self._connection.call(self._script, keys, args))
         except Exception as error:  # whatever it is, no request may wait forever on its future
             for request in batch:
                 if not request.done.done():

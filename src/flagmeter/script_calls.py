@@ -63,19 +63,55 @@ class GroupCommit(Generic[T]):
         raise NotImplementedError
 
 
-class ScriptCalls(GroupCommit[_Call]):
-    """Script calls through one connection of their own, pipelined. A call that meets a closed
-    connection is sent once more on a fresh one, as redis-py's own retry does: only for scripts that
-    may run twice (each of this project's either changes nothing the second time or says so)."""
+class ScriptConnection:
+    """Script calls sent on a connection of their own, several in one round trip (pipelined). A round
+    trip that meets a closed connection is sent once more on a fresh one, as redis-py's own retry
+    does: only for scripts that may run twice (each of this project's either changes nothing the
+    second time or says so). For a caller that already sends one round trip at a time."""
 
     def __init__(self, client: redis.Redis) -> None:
-        super().__init__()  # one round trip at a time: one connection
         self.client: Any = client
         self._connection: Any = None
 
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.disconnect()
+
+    async def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        """`script`'s reply; its error reply, or the connection's error, raised."""
+        (reply,) = await self.run([(script, keys, args)])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def run(self, calls: list[tuple[AsyncScript, list[Any], list[Any]]]) -> list[Any]:
+        """Each call's reply, in order, an error reply as its exception object; the connection's
+        error raised."""
+        if self._connection is None:
+            self._connection = self.client.connection_pool.make_connection()
+        connection = self._connection
+        try:
+            try:
+                return await _run(connection, calls)
+            except RedisConnectionError:
+                # Redis closed this connection (it restarted, say): once more on a fresh one.
+                await connection.disconnect(nowait=True)
+                return await _run(connection, calls)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
+            raise
+
+
+class ScriptCalls(GroupCommit[_Call]):
+    """Script calls from many callers at once on one ScriptConnection: the calls made while a round
+    trip is in flight go together in the next."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__()  # one round trip at a time: one connection
+        self._connection = ScriptConnection(client)
+
+    async def close(self) -> None:
+        await self._connection.close()
 
     async def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
         """`script`'s reply to `keys` and `args`; its error reply, or the connection's error, raised."""
@@ -88,7 +124,7 @@ class ScriptCalls(GroupCommit[_Call]):
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            replies = await self._round_trip(batch)
+            replies = await self._connection.run([(c.script, c.keys, c.args) for c in batch])
         except Exception as error:  # whatever it is, no call may wait forever on its future
             for call in batch:
                 if not call.done.done():
@@ -102,30 +138,16 @@ class ScriptCalls(GroupCommit[_Call]):
             else:
                 call.done.set_result(reply)
 
-    async def _round_trip(self, batch: list[_Call]) -> list[Any]:
-        if self._connection is None:
-            self._connection = self.client.connection_pool.make_connection()
-        connection = self._connection
-        try:
-            try:
-                return await self._run(connection, batch)
-            except RedisConnectionError:
-                # Redis closed this connection (it restarted, say): once more on a fresh one.
-                await connection.disconnect(nowait=True)
-                return await self._run(connection, batch)
-        except BaseException:
-            await connection.disconnect(nowait=True)  # a late reply must not answer the next call
-            raise
 
-    async def _run(self, connection: Any, batch: list[_Call]) -> list[Any]:
-        commands = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in batch]
-        await connection.send_packed_command(connection.pack_commands(commands))
-        replies = [await _reply(connection) for _ in batch]
-        for index, c in enumerate(batch):
-            if isinstance(replies[index], NoScriptError):  # Redis restarted and lost its script cache
-                await connection.send_command("EVAL", c.script.script, len(c.keys), *c.keys, *c.args)
-                replies[index] = await _reply(connection)
-        return replies
+async def _run(connection: Any, calls: list[tuple[AsyncScript, list[Any], list[Any]]]) -> list[Any]:
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    await connection.send_packed_command(connection.pack_commands(commands))
+    replies = [await _reply(connection) for _ in calls]
+    for index, (script, keys, args) in enumerate(calls):
+        if isinstance(replies[index], NoScriptError):  # Redis restarted and lost its script cache
+            await connection.send_command("EVAL", script.script, len(keys), *keys, *args)
+            replies[index] = await _reply(connection)
+    return replies
 
 
 async def _reply(connection: Any) -> Any:
